@@ -1,0 +1,11 @@
+"""The command side's migrations (versions 10-19)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eventstore.migrations import Migration
+
+_SQL = Path(__file__).parent / "sql"
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(10, "commands", _SQL / "schema_v10.sql"),)

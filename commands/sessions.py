@@ -1,0 +1,94 @@
+"""Anonymous sessions (contracts §6): a random token in a cookie, its sha256 at rest."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from commands.errors import Unauthorized
+from eventstore.errors import translate_errors
+from eventstore.ids import new_id
+from eventstore.queries import load_queries
+
+_Q = load_queries(Path(__file__).parent / "sql" / "sessions.sql")
+TOKEN_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: an anonymous or signed-in user, through one session."""
+
+    user_id: str
+    session_id: str
+    signed_in: bool = False
+
+
+@dataclass(frozen=True)
+class SessionGrant:
+    principal: Principal
+    token: str  # goes to the cookie; never stored
+    expires_at: datetime
+    created: bool  # False when an existing session was refreshed
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def open_session(
+    pool: AsyncConnectionPool[AsyncConnection[Any]],
+    token: str | None,
+    client_meta: dict[str, Any],
+    days: int,
+) -> SessionGrant:
+    """Refresh the session behind `token`, or create an anonymous user and session."""
+    with translate_errors():
+        async with pool.connection() as conn:
+            if token:
+                cur = await conn.execute(
+                    _Q["refresh_session"], {"token_hash": hash_token(token), "days": days}
+                )
+                row = await cur.fetchone()
+                if row is not None:
+                    user_id, session_id, expires_at, signed_in = row
+                    return SessionGrant(
+                        Principal(user_id, session_id, signed_in), token, expires_at, False
+                    )
+            new_token = secrets.token_urlsafe(TOKEN_BYTES)
+            cur = await conn.execute(
+                _Q["create_anonymous_session"],
+                {
+                    "user_id": new_id(),
+                    "anon_id": new_id(),
+                    "session_id": new_id(),
+                    "client_meta": orjson.dumps(client_meta).decode(),
+                    "token_hash": hash_token(new_token),
+                    "days": days,
+                },
+            )
+            created = await cur.fetchone()
+    assert created is not None  # an INSERT … RETURNING of one row
+    user_id, session_id, expires_at = created
+    return SessionGrant(Principal(user_id, session_id), new_token, expires_at, True)
+
+
+async def authenticate(
+    pool: AsyncConnectionPool[AsyncConnection[Any]], token: str | None
+) -> Principal:
+    if not token:
+        raise Unauthorized("No session. POST /v1/session first.")
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(_Q["authenticate"], {"token_hash": hash_token(token)})
+            row = await cur.fetchone()
+    if row is None:
+        raise Unauthorized("Your session has expired. Refresh it and try again.")
+    return Principal(row[0], row[1], row[2])

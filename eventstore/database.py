@@ -1,0 +1,72 @@
+"""Which PostgreSQL the service talks to: the configured one, or an embedded default.
+
+With a DATABASE_URL the service uses that server (PostgreSQL 15+). Without one it runs an
+embedded PostgreSQL 16 from the `pgserver` wheel, with its data under OMNITUTOR_HOME, so a
+fresh machine needs nothing installed. The embedded server listens on a Unix socket only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from eventstore.errors import translate_errors
+from eventstore.queries import load_queries
+
+_Q = load_queries(Path(__file__).parent / "sql" / "admin.sql")
+DATABASE_NAME = "omnitutor"
+log = structlog.get_logger(__name__)
+
+
+@contextmanager
+def database_url(
+    configured: str | None, home: Path, *, keep_running: bool = False
+) -> Iterator[str]:
+    """Yield the URL of the database to use, starting the embedded one if none is configured.
+
+    The embedded server is stopped when the block exits, unless `keep_running` (as for
+    `omnitutor db url`, whose caller connects after this process has gone).
+    """
+    if configured:
+        yield configured
+        return
+    from pgserver.postgres_server import get_server  # deferred: only needed here
+
+    pgdata = home.resolve() / "pgdata"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for XDG_RUNTIME_DIR, which servers and CI rarely set;
+        # its fallback (a private directory under /tmp) is fine.
+        warnings.simplefilter("ignore", UserWarning)
+        server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    try:
+        _ensure_database(server.get_uri("postgres"), DATABASE_NAME)
+        url: str = server.get_uri(DATABASE_NAME)
+        log.info("embedded postgres ready", pgdata=str(pgdata))
+        yield url
+    finally:
+        if not keep_running:
+            server.cleanup()
+
+
+def stop_embedded(home: Path) -> bool:
+    """Stop an embedded server left running under `home`; False if none was running."""
+    from pgserver.postgres_server import get_server
+
+    pgdata = home.resolve() / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    get_server(pgdata, cleanup_mode="stop").cleanup()
+    return True
+
+
+def _ensure_database(admin_url: str, name: str) -> None:
+    with translate_errors(), psycopg.connect(admin_url, autocommit=True) as conn:
+        if conn.execute(_Q["database_exists"], {"name": name}).fetchone() is None:
+            conn.execute(sql.SQL(_Q["create_database"]).format(name=sql.Identifier(name)))

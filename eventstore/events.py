@@ -1,0 +1,302 @@
+"""Every event type of the lesson log, in one place.
+
+Events are facts, named in the past tense, as frozen dataclasses whose fields are the
+payload (snake_case JSON). `TYPE` is the dotted name stored in `events.type` (contracts §12
+plus the lesson log's own, DESIGN.md). `VERSION` is the payload shape's version: when a
+shape changes, bump it and add an upcaster to `_UPCASTERS`; stored rows are never rewritten.
+
+The store (eventstore/store.py) moves rows and knows nothing of these classes; `to_payload`
+and `from_stored` are the mapper between the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeAlias
+
+JSON: TypeAlias = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LessonCreated:
+    """A student asked for a lesson; the first event of every lesson stream."""
+
+    TYPE: ClassVar[str] = "lesson.created"
+    VERSION: ClassVar[int] = 1
+    session_id: str
+    user_id: str
+    subject: str
+    topic: str
+    level: str  # pop | hs | ug | grad (lessons.level_at_start)
+    intent: JSON
+    subject_id: str | None = None
+    topic_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanRevised:
+    """A plan version: the first (initial), or one after an iterate or adjust."""
+
+    TYPE: ClassVar[str] = "plan.revised"
+    VERSION: ClassVar[int] = 1
+    revision_num: int
+    plan: JSON  # {summary, beats: [{ord, kind, title, est_min}], after}
+    triggered_by: str  # initial | iterate | adjust
+    feedback_text: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanLocked:
+    """The student locked the plan; generation of beats 2..N may start."""
+
+    TYPE: ClassVar[str] = "plan.locked"
+    VERSION: ClassVar[int] = 1
+    revision_num: int
+    total_beats: int
+
+
+@dataclass(frozen=True)
+class BeatStarted:
+    TYPE: ClassVar[str] = "beat.started"
+    VERSION: ClassVar[int] = 1
+    ord: int
+    beat_id: str
+    kind: str  # concept | derivation | problem | test | free
+    title: str
+    model: str
+
+
+@dataclass(frozen=True)
+class BeatPartial:
+    """Coalesced token deltas of a beat being generated (about every 500 ms).
+
+    `reset` marks the first partial of a beat restarted after its worker died: readers drop
+    what they had of that beat.
+    """
+
+    TYPE: ClassVar[str] = "beat.partial"
+    VERSION: ClassVar[int] = 1
+    ord: int
+    content_delta: str
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class BeatCompleted:
+    TYPE: ClassVar[str] = "beat.completed"
+    VERSION: ClassVar[int] = 1
+    ord: int
+    beat_id: str
+    kind: str
+    content_json: JSON
+    narration_text: str
+    audio_url: str | None = None
+
+
+@dataclass(frozen=True)
+class BeatFailed:
+    """A beat could not be generated (the lesson may retry it or end in an error)."""
+
+    TYPE: ClassVar[str] = "beat.failed"
+    VERSION: ClassVar[int] = 1
+    ord: int
+    beat_id: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AudioReady:
+    TYPE: ClassVar[str] = "audio.ready"
+    VERSION: ClassVar[int] = 1
+    beat_ord: int
+    audio_url: str
+
+
+@dataclass(frozen=True)
+class LessonCompleted:
+    TYPE: ClassVar[str] = "lesson.completed"
+    VERSION: ClassVar[int] = 1
+    duration_ms: int
+    model_costs: dict[str, float]  # contract model name → USD
+
+
+@dataclass(frozen=True)
+class LessonAbandoned:
+    TYPE: ClassVar[str] = "lesson.abandoned"
+    VERSION: ClassVar[int] = 1
+    last_beat_ord: int
+    reason: str = "student"
+
+
+@dataclass(frozen=True)
+class LessonDeleted:
+    """Soft delete: read models hide the lesson; the log keeps it (contracts §6)."""
+
+    TYPE: ClassVar[str] = "lesson.deleted"
+    VERSION: ClassVar[int] = 1
+    reason: str = "user"
+
+
+@dataclass(frozen=True)
+class InteractionRecorded:
+    """Anything the student did mid-lesson: ask, hint, attempt, adjust, visualize, ..."""
+
+    TYPE: ClassVar[str] = "interaction.recorded"
+    VERSION: ClassVar[int] = 1
+    interaction_id: str
+    type: str
+    payload: JSON
+    response: JSON | None = None
+    beat_ord: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelRunRecorded:
+    """One model call (success or failure); model_runs and the daily spend fold these."""
+
+    TYPE: ClassVar[str] = "model_run.recorded"
+    VERSION: ClassVar[int] = 1
+    run_id: str
+    model: str  # haiku-4-5 | sonnet-4-6 | opus-4-7 | offline | elevenlabs
+    purpose: str  # plan | beat | ask | adjust | moderation | tts | hello ...
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float  # exact to 5 decimals (NUMERIC(10,5) in model_runs)
+    latency_ms: int
+    status: str  # ok | rate_limited | refused | error | timeout
+    trace_id: str
+    error_code: str | None = None
+    beat_ord: int | None = None
+
+
+@dataclass(frozen=True)
+class SafetyRefused:
+    TYPE: ClassVar[str] = "safety.refused"
+    VERSION: ClassVar[int] = 1
+    stage: str  # input | output
+    category: str  # explicit_harm | csam | self_harm | doxxing
+    field: str | None = None
+
+
+@dataclass(frozen=True)
+class OverQuotaHit:
+    TYPE: ClassVar[str] = "over_quota.hit"
+    VERSION: ClassVar[int] = 1
+    scope: str  # ip | user | global
+    bucket: str  # plan | ask | spend
+    retry_after_ms: int
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    TYPE: ClassVar[str] = "cache.hit"
+    VERSION: ClassVar[int] = 1
+    key_kind: str  # plan | beat | tts | viz | makeme
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorRaised:
+    """An error returned to a client (contracts §12 `error`), or one that ended a stream."""
+
+    TYPE: ClassVar[str] = "error"
+    VERSION: ClassVar[int] = 1
+    code: str
+    message: str
+    recoverable: bool
+    trace_id: str
+    retry_after_ms: int | None = None
+
+
+DomainEvent: TypeAlias = (
+    LessonCreated
+    | PlanRevised
+    | PlanLocked
+    | BeatStarted
+    | BeatPartial
+    | BeatCompleted
+    | BeatFailed
+    | AudioReady
+    | LessonCompleted
+    | LessonAbandoned
+    | LessonDeleted
+    | InteractionRecorded
+    | ModelRunRecorded
+    | SafetyRefused
+    | OverQuotaHit
+    | CacheHit
+    | ErrorRaised
+)
+
+EVENT_CLASSES: Mapping[str, type[DomainEvent]] = {
+    cls.TYPE: cls
+    for cls in (
+        LessonCreated,
+        PlanRevised,
+        PlanLocked,
+        BeatStarted,
+        BeatPartial,
+        BeatCompleted,
+        BeatFailed,
+        AudioReady,
+        LessonCompleted,
+        LessonAbandoned,
+        LessonDeleted,
+        InteractionRecorded,
+        ModelRunRecorded,
+        SafetyRefused,
+        OverQuotaHit,
+        CacheHit,
+        ErrorRaised,
+    )
+}
+
+# Contracts §12: analytics events the browser may send (POST /v1/event). They are stored
+# session-level (no lesson_seq) and never read as lesson-log events.
+CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "session.start",
+        "discovery.search",
+        "lesson.invoke",
+        "setup.skip",
+        "setup.submit",
+        "plan.shown",
+        "plan.iterate",
+        "plan.locked",
+        "beat.advance",
+        "ask.fired",
+        "attempt.submit",
+        "adjust.applied",
+        "visualize.fired",
+        "animate.fired",
+        "makeme.fired",
+        "lesson.complete",
+        "lesson.abandon",
+    }
+)
+
+# (type, stored version) → function from that version's payload to the next version's.
+_UPCASTERS: dict[tuple[str, int], Callable[[JSON], JSON]] = {}
+
+
+class UnknownEventType(ValueError):
+    pass
+
+
+def to_payload(event: DomainEvent) -> JSON:
+    return dataclasses.asdict(event)
+
+
+def from_payload(type_: str, version: int, payload: Mapping[str, Any]) -> DomainEvent:
+    """Build the current dataclass from a stored payload of any version."""
+    cls = EVENT_CLASSES.get(type_)
+    if cls is None:
+        raise UnknownEventType(type_)
+    data = dict(payload)
+    while version < cls.VERSION:
+        data = _UPCASTERS[(type_, version)](data)
+        version += 1
+    return cls(**data)

@@ -1,0 +1,91 @@
+-- The event store's queries. Columns of a stored event, in StoredEvent field order:
+-- id, position, lesson_id, lesson_seq, session_id, type, type_version, payload_json,
+-- metadata_json, ts
+
+-- name: append_lesson
+-- A batch lands at lesson_seq expected+1..expected+n, or not at all. The UNIQUE key
+-- (lesson_id, lesson_seq) rejects a stale expected_seq; the EXISTS guard rejects one that
+-- runs ahead of the log, which would otherwise leave a gap.
+INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
+                    payload_json, metadata_json)
+SELECT e.id, e.session_id, %(lesson_id)s, %(expected_seq)s + e.n, e.type, e.type_version,
+       e.payload::jsonb, e.metadata::jsonb
+FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(types)s::text[],
+            %(versions)s::smallint[], %(payloads)s::text[], %(metadata)s::text[])
+     WITH ORDINALITY AS e(id, session_id, type, type_version, payload, metadata, n)
+WHERE %(expected_seq)s = 0
+   OR EXISTS (SELECT 1 FROM events
+              WHERE lesson_id = %(lesson_id)s AND lesson_seq = %(expected_seq)s)
+RETURNING id, position, lesson_id, lesson_seq, session_id, type, type_version,
+          payload_json, metadata_json, ts;
+
+-- name: append_unordered
+INSERT INTO events (id, session_id, lesson_id, type, type_version, payload_json, metadata_json)
+SELECT e.id, e.session_id, e.lesson_id, e.type, e.type_version, e.payload::jsonb,
+       e.metadata::jsonb
+FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(lesson_ids)s::text[],
+            %(types)s::text[], %(versions)s::smallint[], %(payloads)s::text[],
+            %(metadata)s::text[])
+     WITH ORDINALITY AS e(id, session_id, lesson_id, type, type_version, payload, metadata, n)
+ORDER BY e.n
+ON CONFLICT (id) DO NOTHING
+RETURNING id, position, lesson_id, lesson_seq, session_id, type, type_version,
+          payload_json, metadata_json, ts;
+
+-- name: events_by_id
+SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
+       payload_json, metadata_json, ts
+FROM events WHERE id = ANY(%(ids)s::text[]);
+
+-- name: lesson_head
+SELECT coalesce(max(lesson_seq), 0) FROM events WHERE lesson_id = %(lesson_id)s;
+
+-- name: read_lesson
+SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
+       payload_json, metadata_json, ts
+FROM events
+WHERE lesson_id = %(lesson_id)s AND lesson_seq > %(after_seq)s
+ORDER BY lesson_seq
+LIMIT %(limit)s;
+
+-- name: read_all
+SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
+       payload_json, metadata_json, ts
+FROM events
+WHERE position > %(after)s
+  AND (%(type)s::text IS NULL OR type = %(type)s::text)
+  AND (%(lesson_id)s::text IS NULL OR lesson_id = %(lesson_id)s::text)
+ORDER BY position
+LIMIT %(limit)s;
+
+-- name: head_position
+SELECT coalesce(max(position), 0) FROM events;
+
+-- name: sequencer_lock
+-- One sequencer at a time per database, whichever process it runs in. Taken in its own
+-- statement so the numbering statement's snapshot sees the previous sequencer's commit.
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- name: sequence_pending
+-- Number committed, unnumbered rows after the current maximum, in insert order. Only one
+-- transaction does this at a time, so every commit reveals exactly the next contiguous
+-- range of positions: a reader of "position > n" can never skip a row.
+WITH base AS (
+  SELECT coalesce(max(position), 0) AS top FROM events
+), batch AS (
+  SELECT id, row_number() OVER (ORDER BY insert_no) AS n
+  FROM (SELECT id, insert_no FROM events
+        WHERE position IS NULL
+        ORDER BY insert_no
+        LIMIT %(limit)s) AS pending
+), numbered AS (
+  UPDATE events AS e
+  SET position = base.top + batch.n
+  FROM batch, base
+  WHERE e.id = batch.id
+  RETURNING e.position
+)
+SELECT count(*), coalesce(max(position), 0) FROM numbered;
+
+-- name: notify_sequenced
+SELECT pg_notify(%(channel)s, %(head)s::text);

@@ -1,0 +1,107 @@
+"""The Starlette application: routes, error handlers, and the resources a process holds.
+
+Resources open in the lifespan, never at import: one connection pool, the event store, and
+the per-process sequencer loop. Handlers reach them through `services(request)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import psycopg.types.json
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from commands.errors import CommandError, ErrorCode, Internal
+from eventstore.errors import DatabaseUnavailable, StoreError
+from eventstore.store import EventStore, Sequencer
+from web import health, sessions
+from web.errors import ApiError, error_response
+from web.middleware import RequestContext
+from web.services import Services
+from web.settings import Settings
+
+
+async def configure_connection(conn: AsyncConnection[Any]) -> None:
+    """Per-connection set-up: orjson for jsonb, and durable commits for the log."""
+    psycopg.types.json.set_json_loads(orjson.loads, conn)
+    # The log is acknowledged only once its commit is on disk; a server configured with
+    # synchronous_commit=off would lose acknowledged events in a crash.
+    await conn.execute("SET synchronous_commit = on")
+    await conn.commit()
+
+
+def create_app(settings: Settings, database_url: str) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=settings.pool_max,
+            open=False,
+            configure=configure_connection,
+            name="omnitutor",
+        )
+        await pool.open(wait=True, timeout=30)
+        store = EventStore(pool)
+        sequencer = Sequencer(store)
+        app.state.services = Services(settings=settings, pool=pool, store=store)
+        tasks = [asyncio.create_task(sequencer.run(), name="sequencer")]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await pool.close()
+
+    def trace_id(request: Request) -> str:
+        return str(request.scope.get("state", {}).get("trace_id", ""))
+
+    async def on_http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            err = ApiError(ErrorCode.NOT_FOUND, f"no route for {request.method} {request.url.path}")
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "")
+            err = ApiError(
+                ErrorCode.METHOD_NOT_ALLOWED,
+                f"{request.method} is not allowed on {request.url.path} (allowed: {allow})",
+                details={"allow": allow},
+            )
+        else:
+            err = ApiError(ErrorCode.INVALID_INPUT, str(exc.detail))
+        return error_response(err, trace_id(request))
+
+    async def on_command_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CommandError)
+        return error_response(exc, trace_id(request))
+
+    async def on_store_error(request: Request, exc: Exception) -> Response:
+        recoverable = isinstance(exc, DatabaseUnavailable)
+        return error_response(
+            Internal(
+                "The tutor's memory is unavailable. Try again in a moment.", recoverable=recoverable
+            ),
+            trace_id(request),
+        )
+
+    return Starlette(
+        routes=[*health.routes, *sessions.routes],
+        middleware=[Middleware(RequestContext)],
+        exception_handlers={
+            HTTPException: on_http_exception,
+            CommandError: on_command_error,
+            StoreError: on_store_error,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,80 @@
+"""HTTP statuses for the error vocabulary, and the contract's error envelope (§11).
+
+This is the only place a code meets an HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from commands.errors import CommandError, ErrorCode
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_INPUT: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.REFUSED: 422,
+    ErrorCode.OVER_QUOTA: 429,
+    ErrorCode.RATE_LIMITED: 503,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.MODEL_UNAVAILABLE: 503,
+}
+
+# Copy the frontend can show as is ("drama modal explains, never spinner").
+DEFAULT_MESSAGE: dict[ErrorCode, str] = {
+    ErrorCode.RATE_LIMITED: "Tutor is thinking too hard. Try again in a sec.",
+    ErrorCode.MODEL_UNAVAILABLE: "The tutor's model is unavailable right now. Try again soon.",
+    ErrorCode.INVALID_INPUT: "The request is not valid.",
+    ErrorCode.NOT_FOUND: "Nothing here by that name.",
+    ErrorCode.UNAUTHORIZED: "Your session has expired. Refresh it and try again.",
+    ErrorCode.OVER_QUOTA: "Tutor is full for now. Try again later.",
+    ErrorCode.REFUSED: "I can't teach that one. Want to try something else?",
+    ErrorCode.CONFLICT: "This request conflicts with an earlier one.",
+    ErrorCode.INTERNAL: "I lost my place. Mind starting over?",
+    ErrorCode.METHOD_NOT_ALLOWED: "This endpoint does not accept that method.",
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: "Send JSON with Content-Type: application/json.",
+    ErrorCode.PAYLOAD_TOO_LARGE: "The request body is too large.",
+}
+
+
+class ApiError(CommandError):
+    """A refusal decided in web/ itself (routing, media type, body size, headers)."""
+
+    def __init__(self, code: ErrorCode, message: str | None = None, **kw: Any) -> None:
+        self.code = code
+        super().__init__(message or DEFAULT_MESSAGE[code], **kw)
+
+
+def envelope(error: CommandError, trace_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "ok": False,
+        "code": str(error.code),
+        "message": error.message,
+        "recoverable": error.recoverable,
+        "trace_id": trace_id,
+    }
+    if error.retry_after_ms is not None:
+        body["retry_after_ms"] = error.retry_after_ms
+    body.update(error.details)
+    return body
+
+
+def error_response(error: CommandError, trace_id: str) -> Response:
+    headers = {}
+    if error.retry_after_ms is not None:
+        headers["Retry-After"] = str(max(1, -(-error.retry_after_ms // 1000)))
+    if error.code is ErrorCode.METHOD_NOT_ALLOWED and "allow" in error.details:
+        headers["Allow"] = str(error.details.pop("allow"))
+    return Response(
+        orjson.dumps(envelope(error, trace_id)),
+        status_code=STATUS[error.code],
+        media_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,43 @@
+"""structlog set-up: one JSON line per event with the contract's §9 fields.
+
+Request context (trace_id, path, session_id, user_id, lesson_id …) is bound to contextvars
+by the request middleware, so every line logged while serving a request carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40}
+
+
+def _rename_event_to_msg(
+    _logger: object, _name: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    event_dict["msg"] = event_dict.pop("event", "")
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        structlog.processors.format_exc_info,
+    ]
+    renderer: structlog.types.Processor
+    if as_json:
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(_rename_event_to_msg)
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,25 @@
+"""What a request handler can reach: the resources the lifespan opened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from starlette.requests import Request
+
+from eventstore.store import EventStore
+from web.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: AsyncConnectionPool[AsyncConnection[Any]]
+    store: EventStore
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc

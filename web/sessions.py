@@ -1,0 +1,62 @@
+"""POST /v1/session: create or refresh the anonymous session (contracts §6)."""
+
+from __future__ import annotations
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from commands.errors import InvalidInput
+from commands.sessions import Principal, authenticate, open_session
+from web.body import read_json_object
+from web.services import services
+
+COOKIE = "ot_session"
+
+
+async def create_or_refresh(request: Request) -> Response:
+    svc = services(request)
+    body = await read_json_object(request, svc.settings.max_body_bytes, optional=True)
+    unknown = set(body) - {"client_meta"}
+    if unknown:
+        raise InvalidInput(sorted(unknown)[0], "unknown field")
+    client_meta = body.get("client_meta", {})
+    if not isinstance(client_meta, dict):
+        raise InvalidInput("client_meta", "must be an object")
+    grant = await open_session(
+        svc.pool, request.cookies.get(COOKIE), client_meta, svc.settings.session_days
+    )
+    response = JSONResponse(
+        {
+            "ok": True,
+            "user_id": grant.principal.user_id,
+            "session_id": grant.principal.session_id,
+            "created": grant.created,
+            "expires_at": grant.expires_at.isoformat(),
+            "trace_id": request.scope["state"]["trace_id"],
+        },
+        status_code=201 if grant.created else 200,
+    )
+    response.set_cookie(
+        COOKIE,
+        grant.token,
+        max_age=svc.settings.session_days * 86400,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=not svc.settings.dev_http,
+    )
+    return response
+
+
+async def current_principal(request: Request) -> Principal:
+    """The caller's session, or Unauthorized; binds user and session to the log context."""
+    principal = await authenticate(services(request).pool, request.cookies.get(COOKIE))
+    structlog.contextvars.bind_contextvars(
+        user_id=principal.user_id, session_id=principal.session_id
+    )
+    return principal
+
+
+routes = [Route("/v1/session", create_or_refresh, methods=["POST"])]
