@@ -24,6 +24,7 @@ from eventstore.database import database_url
 from eventstore.migrations import migrate
 from eventstore.queries import load_queries
 from web.migrations import MIGRATIONS
+from web.settings import Settings
 
 _ADMIN = load_queries(Path(__file__).resolve().parent.parent / "eventstore" / "sql" / "admin.sql")
 _counter = itertools.count()
@@ -109,3 +110,19 @@ async def pool(db_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
         yield p
     finally:
         await p.close()
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for a test server: plain http (cookies without Secure), quiet logs."""
+    base: dict[str, Any] = {"dev_http": True, "log_level": "warning", "pool_max": 8}
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture
+def live_server(db_url: str) -> Iterator[str]:
+    """Base URL of the app served over real HTTP against this test's database."""
+    from tests.live import serve_app
+
+    with serve_app(make_settings(), db_url) as base_url:
+        yield base_url

@@ -1,0 +1,36 @@
+"""A real HTTP server for tests: the app under uvicorn in a thread, on a free local port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from web.app import create_app
+from web.settings import Settings
+
+
+@contextmanager
+def serve_app(settings: Settings, database_url: str, deadline_s: float = 20.0) -> Iterator[str]:
+    """Run the app until the block exits; yields its base URL (http://127.0.0.1:PORT)."""
+    app = create_app(settings, database_url)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, access_log=False, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    give_up = time.monotonic() + deadline_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > give_up:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)  # polling a flag uvicorn sets; there is no event to wait on
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
