@@ -8,14 +8,15 @@ the cost from :mod:`commands.providers.prices`, latency, status and error code.
 
 SDK errors are translated here and nowhere else:
 
-| SDK error                                         | raised             | run status    |
-|---------------------------------------------------|--------------------|---------------|
-| ``RateLimitError`` (429), stream ``rate_limit_error`` | ``RateLimited``    | rate_limited  |
-| ``APITimeoutError``                               | ``ModelUnavailable`` | timeout     |
-| ``APIConnectionError``                            | ``ModelUnavailable`` | error       |
-| 5xx / 529, stream ``overloaded_error``/``api_error`` | ``ModelUnavailable`` | error     |
-| other ``APIStatusError`` (400, 401, 404 …)        | ``ProviderError``  | error         |
-| ``stop_reason == "refusal"``                      | ``InvalidOutput``  | refused       |
+| SDK error                                            | raised           | run status   |
+|------------------------------------------------------|------------------|--------------|
+| ``RateLimitError`` (429), stream ``rate_limit_error``| RateLimited      | rate_limited |
+| ``APITimeoutError``                                  | ModelUnavailable | timeout      |
+| ``APIConnectionError``                               | ModelUnavailable | error        |
+| 5xx, 529, stream ``overloaded_error``/``api_error``  | ModelUnavailable | error        |
+| any other error event inside a 200 stream            | ModelUnavailable | error        |
+| other ``APIStatusError`` (400, 401, 404 …)           | ProviderError    | error        |
+| ``stop_reason == "refusal"``                         | InvalidOutput    | refused      |
 
 A mid-stream ``event: error`` reaches us as an ``APIStatusError`` whose status is the
 stream's 200; the SDK does not retry it, so it is classified by its ``error.type``.
