@@ -11,10 +11,14 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from pgserver.postgres_server import PostgresServer
 
 from eventstore.errors import translate_errors
 from eventstore.queries import load_queries
@@ -36,15 +40,9 @@ def database_url(
     if configured:
         yield configured
         return
-    from pgserver.postgres_server import get_server  # deferred: only needed here
-
     pgdata = home.resolve() / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # pgserver asks platformdirs for XDG_RUNTIME_DIR, which servers and CI rarely set;
-        # its fallback (a private directory under /tmp) is fine.
-        warnings.simplefilter("ignore", UserWarning)
-        server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    server = _embedded_server(pgdata, cleanup_mode=None if keep_running else "stop")
     try:
         _ensure_database(server.get_uri("postgres"), DATABASE_NAME)
         url: str = server.get_uri(DATABASE_NAME)
@@ -57,13 +55,21 @@ def database_url(
 
 def stop_embedded(home: Path) -> bool:
     """Stop an embedded server left running under `home`; False if none was running."""
-    from pgserver.postgres_server import get_server
-
     pgdata = home.resolve() / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
-    get_server(pgdata, cleanup_mode="stop").cleanup()
+    _embedded_server(pgdata, cleanup_mode="stop").cleanup()
     return True
+
+
+def _embedded_server(pgdata: Path, cleanup_mode: str | None) -> PostgresServer:
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for XDG_RUNTIME_DIR when it is imported; servers and CI
+        # rarely set it, and the fallback (a private directory under /tmp) is fine.
+        warnings.simplefilter("ignore", UserWarning)
+        from pgserver.postgres_server import get_server  # deferred: only needed here
+
+        return get_server(pgdata, cleanup_mode=cleanup_mode)
 
 
 def _ensure_database(admin_url: str, name: str) -> None:

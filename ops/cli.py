@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +53,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             f"database ready in {time.perf_counter() - started:.2f}s; serving on "
             f"http://{args.host}:{args.port}"
         )
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; turning it
+        # into SystemExit lets the embedded database stop cleanly on the way out.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         uvicorn.run(
             app,
             host=args.host,
@@ -61,6 +65,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             lifespan="on",
         )
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_db_url(args: argparse.Namespace, settings: Settings) -> int:
