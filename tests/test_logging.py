@@ -30,7 +30,8 @@ def test_trace_id_is_returned_and_on_the_request_log_line(
         r = httpx.post(base + "/v1/session")
         missing = httpx.get(base + "/v1/nowhere")
     trace_id = r.headers["x-trace-id"]
-    assert trace_id.startswith("req_") and len(trace_id) == 4 + 26
+    assert trace_id.startswith("req_")
+    assert len(trace_id) == 4 + 26
     lines = [orjson.loads(line) for line in log_lines.getvalue().splitlines()]
     mine = [line for line in lines if line.get("trace_id") == trace_id]
     assert mine, lines
@@ -41,4 +42,5 @@ def test_trace_id_is_returned_and_on_the_request_log_line(
     assert summary["level"] == "info"
     assert "ts" in summary
     other = [line for line in lines if line.get("trace_id") == missing.headers["x-trace-id"]]
-    assert other and other[-1]["status"] == 404
+    assert other
+    assert other[-1]["status"] == 404

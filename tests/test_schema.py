@@ -219,7 +219,8 @@ def test_schema_from_empty_has_every_contract_table_column_and_constraint(
         uniques = set(
             conn.execute(
                 "SELECT c.conrelid::regclass::text, string_agg(a.attname, ',' ORDER BY k.n) "
-                "FROM pg_constraint c CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY k(att, n) "
+                "FROM pg_constraint c "
+                "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY k(att, n) "
                 "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.att "
                 "WHERE c.contype = 'u' GROUP BY c.oid, c.conrelid"
             ).fetchall()

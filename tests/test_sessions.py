@@ -22,7 +22,8 @@ def test_new_session_creates_user_and_session_rows_and_sets_the_cookie(
     r = httpx.post(live_server + "/v1/session")
     assert r.status_code == 201
     body = r.json()
-    assert body["ok"] is True and body["created"] is True
+    assert body["ok"] is True
+    assert body["created"] is True
     cookie = r.headers["set-cookie"]
     assert cookie.startswith("ot_session=")
     flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
@@ -38,7 +39,8 @@ def test_new_session_creates_user_and_session_rows_and_sets_the_cookie(
     assert stored_hash == hashlib.sha256(token.encode()).hexdigest()
     with psycopg.connect(db_url) as conn:
         dump = conn.execute("SELECT row_to_json(s)::text FROM sessions s").fetchone()
-    assert dump is not None and token not in dump[0]
+    assert dump is not None
+    assert token not in dump[0]
 
 
 def test_cookie_is_secure_unless_configured_for_plain_http(db_url: str) -> None:
