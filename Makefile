@@ -13,8 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# Local use serves plain HTTP, so the session cookie must not require HTTPS.
 run: venv
-	$(BIN)/omnitutor serve
+	OMNITUTOR_DEV_HTTP=$${OMNITUTOR_DEV_HTTP:-1} $(BIN)/omnitutor serve
 
 test: venv
 	$(BIN)/python -m pytest
