@@ -37,6 +37,8 @@ def test_trace_id_is_returned_and_on_the_request_log_line(
     assert mine, lines
     summary = next(line for line in mine if line["msg"] == "request")
     assert summary["path"] == "POST /v1/session"
+    assert summary["user_id"] == r.json()["user_id"]
+    assert summary["session_id"] == r.json()["session_id"]
     assert summary["status"] == 201
     assert isinstance(summary["latency_ms"], int)
     assert summary["level"] == "info"

@@ -27,6 +27,9 @@ async def create_or_refresh(request: Request) -> Response:
     grant = await open_session(
         svc.pool, request.cookies.get(COOKIE), client_meta, svc.settings.session_days
     )
+    structlog.contextvars.bind_contextvars(
+        user_id=grant.principal.user_id, session_id=grant.principal.session_id
+    )
     response = JSONResponse(
         {
             "ok": True,
