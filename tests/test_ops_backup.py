@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ import boto3
 import httpx
 import psycopg
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from eventstore.migrations import grant_app_role
 from eventstore.store import EventMeta, EventStore, NewEvent
 from ops.backup import (
     LIFECYCLE_RULE_ID,
@@ -32,11 +36,21 @@ from ops.backup import (
     transfer_config,
 )
 from ops.cli import main
+from tests.conftest import make_settings
+from tests.live import serve_app
 
 LOG_COLUMNS = (
     "position, id, session_id, lesson_id, lesson_seq, insert_no, type, type_version, "
     "payload_json, metadata_json, ts"
 )
+
+
+@pytest.fixture(autouse=True)
+def _unbind_cli_logging() -> Iterator[None]:
+    """main() points structlog at this test's captured stderr, which closes with the test:
+    put back the defaults so later tests' loggers do not write to a closed stream."""
+    yield
+    structlog.reset_defaults()
 
 
 def s3() -> Any:
@@ -56,12 +70,20 @@ def event_log(url: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
-async def seed(live_server: str, db_url: str) -> None:
-    """Sessions over HTTP, and interleaved lesson and session events in the log."""
-    async with httpx.AsyncClient(base_url=live_server) as client:
+def seed(db_url: str) -> None:
+    """Sessions over real HTTP, then interleaved lesson and session events in the log.
+
+    The server is stopped before the backup: its sequencer would otherwise number the
+    pending event while the test compares the logs.
+    """
+    with serve_app(make_settings(), db_url) as base_url, httpx.Client(base_url=base_url) as c:
         for _ in range(3):
-            client.cookies.clear()
-            assert (await client.post("/v1/session")).status_code == 201
+            c.cookies.clear()
+            assert c.post("/v1/session").status_code == 201
+    anyio.run(append_events, db_url)
+
+
+async def append_events(db_url: str) -> None:
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(db_url, min_size=1, max_size=4, open=False)
     await pool.open(wait=True)
     try:
@@ -87,13 +109,12 @@ async def seed(live_server: str, db_url: str) -> None:
 @pytest.mark.slow
 def test_acceptance_12_backup_to_s3_then_restore_into_a_scratch_db_intact(
     aws: str,
-    live_server: str,
     db_url: str,
     empty_db_url: str,
     request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    anyio.run(seed, live_server, db_url)
+    seed(db_url)
     bucket = new_bucket(request)
     before = table_rows(db_url)
     assert before["events"] == 30 + 5 + 1
@@ -383,3 +404,49 @@ def test_gzip_reader_raises_instead_of_finishing_when_the_source_failed() -> Non
     reader = GzipReader(io.BytesIO(b"partial dump"), at_end=failed)
     with pytest.raises(BackupError, match="boom"):
         reader.read()
+
+
+@pytest.fixture
+def app_role_url(pg_admin_url: str, db_url: str) -> Iterator[str]:
+    """A login role with exactly the app's grants on this test's database."""
+    role = f"ot_app_{os.getpid()}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'app-secret'").format(sql.Identifier(role))
+        )
+    with psycopg.connect(db_url) as conn:
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+            sql.Identifier(conn.info.dbname), sql.Identifier(role)))  # fmt: skip
+        grant_app_role(conn, role)
+    try:
+        yield psycopg.conninfo.make_conninfo(db_url, user=role, password="app-secret")
+    finally:
+        with psycopg.connect(db_url) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+                sql.Identifier(psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]),
+                sql.Identifier(role)))  # fmt: skip
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_the_app_role_can_take_the_nightly_backup(
+    aws: str,
+    app_role_url: str,
+    db_url: str,
+    empty_db_url: str,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The backup unit runs with the API's env file, whose DATABASE_URL is omnitutor_app."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO users (id, anon_id) VALUES ('u1', 'a1')")
+    bucket = new_bucket(request)
+    assert main(["backup", "run", "--bucket", bucket, "--database-url", app_role_url]) == 0
+    assert "app-secret" not in "".join(capsys.readouterr())
+    key = f"backups/{today_utc().isoformat()}.sql.gz"
+    assert (
+        main(["backup", "restore", "--from", f"s3://{bucket}/{key}", "--into", empty_db_url]) == 0
+    )
+    assert table_rows(empty_db_url) == table_rows(db_url)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,14 @@ from ops.cli import main
 from ops.secrets import Parameter, SecretsError, env_name, render, to_environment, write_private
 
 PROD = "/omnitutor/prod/"
+
+
+@pytest.fixture(autouse=True)
+def _unbind_cli_logging() -> Iterator[None]:
+    """main() points structlog at this test's captured stderr, which closes with the test:
+    put back the defaults so later tests' loggers do not write to a closed stream."""
+    yield
+    structlog.reset_defaults()
 
 
 def ssm() -> Any:
