@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -73,7 +74,10 @@ class TargetNotEmpty(BackupError):
 
 def pg_tool(name: str) -> Path:
     """A PostgreSQL 16 client binary from the pgserver wheel."""
-    import pgserver  # deferred: only backup and restore need the binaries
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for XDG_RUNTIME_DIR, unset on servers; irrelevant here.
+        warnings.simplefilter("ignore", UserWarning)
+        import pgserver  # deferred: only backup and restore need the binaries
 
     path = Path(pgserver.__file__).parent / "pginstall" / "bin" / name
     if not path.is_file():
