@@ -25,6 +25,7 @@ from eventstore.database import __file__ as _database_file
 from eventstore.errors import StoreError, translate_errors
 from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, reset
 from eventstore.queries import load_queries
+from ops import backup_cli, secrets_cli
 from web.logging import configure_logging
 from web.migrations import MIGRATIONS
 from web.settings import Settings
@@ -180,6 +181,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     b.add_argument("--role", default=APP_ROLE)
     b.add_argument("--app-password", help="password for the app role (default: generated)")
     b.set_defaults(handler=cmd_db_bootstrap)
+    secrets_cli.register(sub)
+    backup_cli.register(sub)
     return parser
 
 

@@ -128,3 +128,22 @@ def live_server(db_url: str) -> Iterator[str]:
 
     with serve_app(make_settings(), db_url) as base_url:
         yield base_url
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """URL of a moto server (S3, SSM, …) on 127.0.0.1 for this test session."""
+    from tests.aws import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point every boto3 client made during the test at the moto server; returns its URL."""
+    from tests.aws import aws_environment
+
+    for name, value in aws_environment(moto_endpoint).items():
+        monkeypatch.setenv(name, value)
+    return moto_endpoint
