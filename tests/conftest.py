@@ -29,6 +29,8 @@ from web.settings import Settings
 _ADMIN = load_queries(Path(__file__).resolve().parent.parent / "eventstore" / "sql" / "admin.sql")
 _counter = itertools.count()
 
+pytest_plugins = ["tests.fakes.anthropic_server"]
+
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
