@@ -71,9 +71,9 @@ class ProviderConfig:
     max_retries: int = 1
 
     def model_for(self, tier: Tier) -> str:
-        if tier is Tier.FAST:
+        if tier == Tier.FAST:
             return self.model_fast
-        if tier is Tier.STREAMING:
+        if tier == Tier.STREAMING:
             return self.model_streaming
         return self.model_deep
 
