@@ -2,6 +2,8 @@
 
     omnitutor serve [--host H] [--port P]     run the API (embedded PostgreSQL by default)
     omnitutor db url|migrate|reset|bootstrap|stop
+    omnitutor hello-model                     the fast model tier says hello (P0 check)
+    omnitutor bench lessons                   stream latency, capacity and delivery figures
 
 Each sub-command reads Settings from the environment once (web/settings.py).
 """
@@ -172,6 +174,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     b.add_argument("--role", default=APP_ROLE)
     b.add_argument("--app-password", help="password for the app role (default: generated)")
     b.set_defaults(handler=cmd_db_bootstrap)
+
+    from ops import lessons_cli
+
+    lessons_cli.register(sub)
     return parser
 
 
