@@ -1,7 +1,7 @@
 """The Starlette application: routes, error handlers, and the resources a process holds.
 
 Resources open in the lifespan, never at import: one connection pool, the event store, and
-the per-process sequencer loop. Handlers reach them through `services(request)`.
+the per-process sequencer and subscription hub. Handlers reach them through `services(request)`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from commands.errors import CommandError, ErrorCode, Internal
 from eventstore.errors import DatabaseUnavailable, StoreError
+from eventstore.hub import Hub
 from eventstore.store import EventStore, Sequencer
 from web import health, sessions
 from web.errors import ApiError, error_response
@@ -53,9 +54,13 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
         await pool.open(wait=True, timeout=30)
         store = EventStore(pool)
-        sequencer = Sequencer(store)
-        app.state.services = Services(settings=settings, pool=pool, store=store)
-        tasks = [asyncio.create_task(sequencer.run(), name="sequencer")]
+        hub = Hub(store, database_url)
+        sequencer = Sequencer(store, on_sequenced=hub.wake)
+        app.state.services = Services(settings=settings, pool=pool, store=store, hub=hub)
+        tasks = [
+            asyncio.create_task(sequencer.run(), name="sequencer"),
+            asyncio.create_task(hub.run(), name="hub"),
+        ]
         try:
             yield
         finally:

@@ -9,6 +9,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 
+from eventstore.hub import Hub
 from eventstore.store import EventStore
 from web.settings import Settings
 
@@ -18,6 +19,7 @@ class Services:
     settings: Settings
     pool: AsyncConnectionPool[AsyncConnection[Any]]
     store: EventStore
+    hub: Hub
 
 
 def services(request: Request) -> Services:
