@@ -1,7 +1,7 @@
 """The Starlette application: routes, error handlers, and the resources a process holds.
 
 Resources open in the lifespan, never at import: one connection pool, the event store, and
-the per-process sequencer loop. Handlers reach them through `services(request)`.
+the per-process sequencer and subscription hub. Handlers reach them through `services(request)`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from starlette.responses import Response
 
 from commands.errors import CommandError, ErrorCode, Internal
 from eventstore.errors import DatabaseUnavailable, StoreError
+from eventstore.hub import Hub
 from eventstore.store import EventStore, Sequencer
 from web import health, lessons, sessions
 from web.errors import ApiError, error_response
-from web.interim_hub import InterimHub
 from web.lesson_runtime import open_provider, open_supervisor
 from web.middleware import RequestContext
 from web.services import Services
@@ -55,8 +55,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
         await pool.open(wait=True, timeout=30)
         store = EventStore(pool)
-        sequencer = Sequencer(store)
-        hub = InterimHub(store)
+        hub = Hub(store, database_url)
+        sequencer = Sequencer(store, on_sequenced=hub.wake)
         provider = open_provider(settings)
         supervisor = open_supervisor(settings, pool, store, provider)
         app.state.services = Services(
@@ -69,6 +69,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
         tasks = [
             asyncio.create_task(sequencer.run(), name="sequencer"),
+            asyncio.create_task(hub.run(), name="hub"),
             asyncio.create_task(supervisor.run(), name="generation-supervisor"),
         ]
         try:

@@ -11,9 +11,9 @@ from starlette.requests import Request
 
 from commands.generation import Supervisor
 from commands.providers import Provider
+from eventstore.hub import Hub
 from eventstore.store import EventStore
 from web.settings import Settings
-from web.stream import LessonHub
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Services:
     settings: Settings
     pool: AsyncConnectionPool[AsyncConnection[Any]]
     store: EventStore
-    hub: LessonHub
+    hub: Hub
     provider: Provider
     supervisor: Supervisor
 

@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import structlog
@@ -41,23 +41,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from commands.errors import InvalidInput
 from commands.lessons import LessonState
+from eventstore.hub import Hub
 from eventstore.store import StoredEvent
 
 log = structlog.get_logger(__name__)
 
 _CURSOR = re.compile(r"(?P<lesson>[0-9A-Za-z]{1,64})-evt-(?P<seq>\d{1,9})")
-
-
-class Subscription(Protocol):
-    async def next_batch(self, timeout: float | None = None) -> list[StoredEvent]: ...  # noqa: ASYNC109
-
-    async def __aenter__(self) -> Subscription: ...
-
-    async def __aexit__(self, *exc: object) -> None: ...
-
-
-class LessonHub(Protocol):
-    def lesson(self, lesson_id: str, after_seq: int = 0) -> Any: ...
 
 
 def event_id(lesson_id: str, seq: int) -> str:
@@ -197,7 +186,7 @@ class LessonStream(Response):
 
     def __init__(
         self,
-        hub: LessonHub,
+        hub: Hub,
         view: StreamView,
         after_seq: int,
         *,
