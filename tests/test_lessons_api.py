@@ -27,8 +27,8 @@ def server(db_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def slow_server(db_url: str) -> Iterator[str]:
-    """Offline tutor at 20 ms a token: a lesson takes seconds, so it can be interrupted."""
-    settings = make_settings(offline_pace_ms=20, beat_partial_ms=100, sse_heartbeat_s=1.0)
+    """Offline tutor at 8 ms a token: a lesson takes seconds, so it can be interrupted."""
+    settings = make_settings(offline_pace_ms=8, beat_partial_ms=100, sse_heartbeat_s=1.0)
     with serve_app(settings, db_url) as base_url:
         yield base_url
 
