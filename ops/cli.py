@@ -4,6 +4,7 @@
     omnitutor db url|migrate|reset|bootstrap|stop
     omnitutor hello-model                     the fast model tier says hello (P0 check)
     omnitutor bench lessons                   stream latency, capacity and delivery figures
+    omnitutor events export|tail, omnitutor replay LESSON_ID   (ops/events_cli.py)
 
 Each sub-command reads Settings from the environment once (web/settings.py).
 """
@@ -26,6 +27,7 @@ from eventstore.database import __file__ as _database_file
 from eventstore.errors import StoreError, translate_errors
 from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, reset
 from eventstore.queries import load_queries
+from ops import events_cli
 from web.logging import configure_logging
 from web.migrations import MIGRATIONS
 from web.settings import Settings
@@ -178,6 +180,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     from ops import lessons_cli
 
     lessons_cli.register(sub)
+    events_cli.register(sub)
     return parser
 
 

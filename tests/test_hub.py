@@ -2,90 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from eventstore.events import BeatPartial
-from eventstore.hub import Hub, Subscription
-from eventstore.store import EventMeta, EventStore, NewEvent, Sequencer, StoredEvent
+from eventstore.store import EventStore
+from tests.logkit import collect, other_process, partial, running, until
 
 pytestmark = pytest.mark.anyio
 
-META = EventMeta(trace_id="req_t", session_id="s1")
-
-
-def partial(i: int) -> NewEvent:
-    return NewEvent.of(BeatPartial(1, f"delta {i}"), META)
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], deadline_s: float = 10.0) -> None:
-    """Wait for a condition, polling, with a deadline (never a bare sleep)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if loop.time() > end:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
-
-
-async def collect(sub: Subscription, count: int, deadline_s: float = 15.0) -> list[StoredEvent]:
-    got: list[StoredEvent] = []
-    async with asyncio.timeout(deadline_s):
-        while len(got) < count:
-            got.extend(await sub.next_batch(timeout=1.0))
-    return got
-
-
-@contextlib.asynccontextmanager
-async def running(
-    store: EventStore, conninfo: str, *, sequencer: bool = True, poll_s: float = 5.0
-) -> AsyncIterator[Hub]:
-    """A hub (and this process's sequencer) running as tasks, as the app's lifespan does."""
-    hub = Hub(store, conninfo, poll_s=poll_s)
-    tasks = [asyncio.create_task(hub.run())]
-    if sequencer:
-        tasks.append(asyncio.create_task(Sequencer(store, on_sequenced=hub.wake).run()))
-    try:
-        await asyncio.wait_for(hub.listening.wait(), 10)
-        yield hub
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@contextlib.asynccontextmanager
-async def other_process(db_url: str) -> AsyncIterator[EventStore]:
-    """A second store on its own pool: stands in for another process."""
-    from web.app import configure_connection
-
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        db_url, min_size=1, max_size=4, open=False, configure=configure_connection
-    )
-    await p.open(wait=True)
-    try:
-        yield EventStore(p)
-    finally:
-        await p.close()
-
 
 async def test_lesson_subscriber_gets_backlog_then_live_without_duplicate(
-    pool: AsyncConnectionPool[Any],
+    pool: AsyncConnectionPool[Any], db_url: str
 ) -> None:
     store = EventStore(pool)
     await store.append("L1", [partial(i) for i in range(5)], expected_seq=0)
-    async with running(store, pool.conninfo) as hub, hub.lesson("L1", after_seq=2) as sub:
+    async with running(store, db_url) as hub, hub.lesson("L1", after_seq=2) as sub:
         backlog = await sub.next_batch(timeout=5)
         assert [e.lesson_seq for e in backlog] == [3, 4, 5]
         # Live: appended by this process, handed over directly (no position yet).
@@ -98,11 +32,13 @@ async def test_lesson_subscriber_gets_backlog_then_live_without_duplicate(
     assert hub.subscriber_count == 0
 
 
-async def test_log_subscriber_follows_numbered_events(pool: AsyncConnectionPool[Any]) -> None:
+async def test_log_subscriber_follows_numbered_events(
+    pool: AsyncConnectionPool[Any], db_url: str
+) -> None:
     store = EventStore(pool)
     await store.append("A", [partial(i) for i in range(3)], expected_seq=0)
     await store.sequence()
-    async with running(store, pool.conninfo) as hub, hub.log(after_position=1) as sub:
+    async with running(store, db_url) as hub, hub.log(after_position=1) as sub:
         await store.append("B", [partial(9)], expected_seq=0)
         got = await collect(sub, 3)
         assert [e.position for e in got] == [2, 3, 4]
@@ -115,8 +51,8 @@ async def test_other_process_appends_reach_subscribers_through_notify(
     store = EventStore(pool)
     async with (
         other_process(db_url) as their_store,
-        running(their_store, pool.conninfo),
-        running(store, pool.conninfo, sequencer=False, poll_s=60) as hub,
+        running(their_store, db_url),
+        running(store, db_url, sequencer=False, poll_s=60) as hub,
         hub.lesson("L") as lesson_sub,
         hub.log() as log_sub,
     ):
@@ -127,10 +63,10 @@ async def test_other_process_appends_reach_subscribers_through_notify(
 
 
 async def test_slow_subscriber_falls_back_to_the_log_and_misses_nothing(
-    pool: AsyncConnectionPool[Any],
+    pool: AsyncConnectionPool[Any], db_url: str
 ) -> None:
     store = EventStore(pool)
-    async with running(store, pool.conninfo) as hub:
+    async with running(store, db_url) as hub:
         hub.buffer_size = 8
         async with hub.lesson("L") as slow, hub.lesson("L") as fast:
             seq = 0
@@ -145,10 +81,10 @@ async def test_slow_subscriber_falls_back_to_the_log_and_misses_nothing(
         assert [e.lesson_seq for e in got_fast] == list(range(1, 51))
 
 
-async def test_iteration_yields_one_by_one(pool: AsyncConnectionPool[Any]) -> None:
+async def test_iteration_yields_one_by_one(pool: AsyncConnectionPool[Any], db_url: str) -> None:
     store = EventStore(pool)
     await store.append("L", [partial(i) for i in range(3)], expected_seq=0)
-    async with running(store, pool.conninfo) as hub, hub.lesson("L") as sub:
+    async with running(store, db_url) as hub, hub.lesson("L") as sub:
         seen = []
         async for event in sub:
             seen.append(event.lesson_seq)
@@ -163,8 +99,8 @@ async def test_dropped_listen_connection_is_reestablished_and_nothing_is_missed(
     store = EventStore(pool)
     async with (
         other_process(db_url) as their_store,
-        running(their_store, pool.conninfo),
-        running(store, pool.conninfo, sequencer=False, poll_s=60) as hub,
+        running(their_store, db_url),
+        running(store, db_url, sequencer=False, poll_s=60) as hub,
         hub.log() as sub,
     ):
         await their_store.append("L", [partial(0)], expected_seq=0)
