@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check lint typecheck bench venv clean
+.PHONY: run test check lint typecheck bench venv tools clean
 
 venv: $(VENV)/.installed
 
@@ -19,7 +19,11 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	OMNITUTOR_DEV_HTTP=$${OMNITUTOR_DEV_HTTP:-1} $(BIN)/omnitutor serve
 
-test: venv
+# The ops tests drive nginx, shellcheck and systemd-analyze; install them if missing.
+tools:
+	ops/test-tools.sh
+
+test: venv tools
 	$(BIN)/python -m pytest
 
 lint: venv

@@ -230,18 +230,22 @@ class EventStore:
     ) -> AsyncIterator[StoredEvent]:
         """A lesson's events after `after_seq`, in seq order, a page at a time."""
         while True:
-            with translate_errors():
-                async with self.pool.connection() as conn:
-                    cur = await conn.execute(
-                        _Q["read_lesson"],
-                        {"lesson_id": lesson_id, "after_seq": after_seq, "limit": page_size},
-                    )
-                    page = list(map(_row, await cur.fetchall()))
+            page = await self.read_lesson_page(lesson_id, after_seq, page_size)
             for event in page:
                 yield event
             if len(page) < page_size:
                 return
             after_seq = page[-1].lesson_seq or after_seq
+
+    async def read_lesson_page(
+        self, lesson_id: str, after_seq: int, limit: int
+    ) -> list[StoredEvent]:
+        """Up to `limit` of a lesson's events after `after_seq`, in seq order."""
+        params = {"lesson_id": lesson_id, "after_seq": after_seq, "limit": limit}
+        with translate_errors():
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(_Q["read_lesson"], params)
+                return list(map(_row, await cur.fetchall()))
 
     async def read_all(
         self,

@@ -2,6 +2,9 @@
 
     omnitutor serve [--host H] [--port P]     run the API (embedded PostgreSQL by default)
     omnitutor db url|migrate|reset|bootstrap|stop
+    omnitutor hello-model                     the fast model tier says hello (P0 check)
+    omnitutor bench lessons                   stream latency, capacity and delivery figures
+    omnitutor events export|tail, omnitutor replay LESSON_ID   (ops/events_cli.py)
 
 Each sub-command reads Settings from the environment once (web/settings.py).
 """
@@ -25,7 +28,7 @@ from eventstore.database import __file__ as _database_file
 from eventstore.errors import StoreError, translate_errors
 from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, reset
 from eventstore.queries import load_queries
-from ops import backup_cli, secrets_cli
+from ops import backup_cli, events_cli, lessons_cli, secrets_cli
 from web.logging import configure_logging
 from web.migrations import MIGRATIONS
 from web.settings import Settings
@@ -183,6 +186,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     b.set_defaults(handler=cmd_db_bootstrap)
     secrets_cli.register(sub)
     backup_cli.register(sub)
+    lessons_cli.register(sub)
+    events_cli.register(sub)
     return parser
 
 

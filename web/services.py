@@ -9,6 +9,9 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 
+from commands.generation import Supervisor
+from commands.providers import Provider
+from eventstore.hub import Hub
 from eventstore.store import EventStore
 from web.settings import Settings
 
@@ -18,6 +21,9 @@ class Services:
     settings: Settings
     pool: AsyncConnectionPool[AsyncConnection[Any]]
     store: EventStore
+    hub: Hub
+    provider: Provider
+    supervisor: Supervisor
 
 
 def services(request: Request) -> Services:

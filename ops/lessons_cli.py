@@ -1,0 +1,58 @@
+"""CLI commands of the lessons area: `omnitutor hello-model` and `omnitutor bench lessons`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from commands.providers import ProviderError
+from web.lesson_runtime import open_provider
+from web.settings import Settings
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_hello_model(args: argparse.Namespace, settings: Settings) -> int:
+    """The P0 check: the fast tier says hello; prints the answer and the latency."""
+    provider = open_provider(settings)
+
+    async def ask() -> tuple[str, str, int]:
+        try:
+            result = await provider.hello()
+        finally:
+            await provider.aclose()
+        run = result.runs[-1]
+        return result.value, run.model, run.latency_ms
+
+    started = time.perf_counter()
+    try:
+        answer, model, latency_ms = asyncio.run(ask())
+    except ProviderError as e:
+        say(f"hello-model failed after {time.perf_counter() - started:.2f}s: {e}")
+        return 1
+    print(answer)
+    say(f"{settings.provider} provider, model {model} ({settings.model_fast}): {latency_ms} ms")
+    return 0
+
+
+def bench_area(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> Any:
+    """The `bench` command's own sub-command list, created by whichever area comes first."""
+    bench = subparsers.choices.get("bench")
+    if bench is None:
+        bench = subparsers.add_parser("bench", help="benchmarks; figures on stdout")
+        bench.set_defaults(bench_areas=bench.add_subparsers(dest="area", required=True))
+    return bench.get_default("bench_areas")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hello = subparsers.add_parser("hello-model", help="ask the fast model tier to say hello")
+    hello.set_defaults(handler=cmd_hello_model)
+
+    from ops import bench_lessons
+
+    bench_lessons.register(bench_area(subparsers))
