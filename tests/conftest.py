@@ -26,6 +26,8 @@ from eventstore.queries import load_queries
 from web.migrations import MIGRATIONS
 from web.settings import Settings
 
+pytest_plugins = ["tests.fakes.anthropic_server"]
+
 _ADMIN = load_queries(Path(__file__).resolve().parent.parent / "eventstore" / "sql" / "admin.sql")
 _counter = itertools.count()
 

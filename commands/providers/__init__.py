@@ -1,0 +1,230 @@
+"""The model layer: one small interface in front of every language model OmniTutor calls.
+
+Two implementations sit behind :class:`Provider`:
+
+* ``offline`` (:mod:`commands.providers.offline`): a deterministic local tutor, the default
+  when no API key is configured. It reports model ``"offline"`` and costs nothing.
+* ``anthropic`` (:mod:`commands.providers.anthropic`): the official SDK, one model per
+  :class:`Tier`.
+
+Every call returns a :class:`Result` carrying the value and the :class:`ModelRun` records of
+each model call it made (the repair retry included); every failure raises a
+:class:`ProviderError` carrying the same records, so the caller can append one
+``model_run.recorded`` event per call whether it succeeded or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Generic, Protocol, TypeVar
+
+__all__ = [
+    "BEAT_KINDS",
+    "MODERATION_CATEGORIES",
+    "BeatContent",
+    "DeltaCallback",
+    "InvalidOutput",
+    "ModelRun",
+    "ModelUnavailable",
+    "Plan",
+    "PlanBeat",
+    "PlanRequest",
+    "Provider",
+    "ProviderConfig",
+    "ProviderError",
+    "RateLimited",
+    "Result",
+    "Tier",
+    "Verdict",
+    "make_provider",
+]
+
+T = TypeVar("T")
+
+BEAT_KINDS: tuple[str, ...] = ("concept", "derivation", "problem", "test", "free")
+MODERATION_CATEGORIES: tuple[str, ...] = ("explicit_harm", "csam", "self_harm", "doxxing")
+
+
+class Tier(StrEnum):
+    """Which model class a call needs: cheap and quick, streaming prose, or hard reasoning."""
+
+    FAST = "fast"
+    STREAMING = "streaming"
+    DEEP = "deep"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    kind: str  # "offline" | "anthropic"
+    api_key: str | None = None
+    base_url: str | None = None  # None lets the SDK read ANTHROPIC_BASE_URL
+    model_fast: str = "claude-haiku-4-5"
+    model_streaming: str = "claude-sonnet-4-6"
+    model_deep: str = "claude-opus-4-7"
+    offline_pace_ms: int = 30  # delay between offline tokens; 0 = as fast as possible
+    timeout_s: float = 30.0
+    # SDK-internal retries per call. Kept low so an outage surfaces as ModelUnavailable
+    # quickly and the caller (who owns the lesson's retry policy) decides what to do.
+    max_retries: int = 1
+
+    def model_for(self, tier: Tier) -> str:
+        if tier == Tier.FAST:
+            return self.model_fast
+        if tier == Tier.STREAMING:
+            return self.model_streaming
+        return self.model_deep
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One model call, success or failure; becomes a ``model_run.recorded`` event."""
+
+    model: str  # contract names: "haiku-4-5" | "sonnet-4-6" | "opus-4-7" | "offline"
+    purpose: str  # plan | beat | ask | adjust | moderation | hello | attempt ...
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    latency_ms: int
+    status: str  # ok | rate_limited | refused | error | timeout
+    error_code: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanBeat:
+    ord: int
+    kind: str  # one of BEAT_KINDS
+    title: str
+    est_min: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    summary: str
+    beats: tuple[PlanBeat, ...]  # 3..12 beats, ords 1..N
+    after: str
+
+
+@dataclass(frozen=True)
+class BeatContent:
+    """A generated beat.
+
+    ``content_json`` is ``{"title": str, "body": str (markdown), "key_points": [str, ...]}``;
+    problem and test beats add ``"problem": {"prompt": str, "hints": [str, ...],
+    "answer": str, "solution": str}`` and test beats also ``"choices": [str, ...]`` inside
+    ``problem`` with ``answer`` one of them. :func:`commands.providers.prompts.validate_beat`
+    is the one definition of this shape.
+    """
+
+    content_json: dict[str, Any]
+    narration_text: str
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    subject: str
+    topic: str
+    level: str
+    intent: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    category: str | None  # one of MODERATION_CATEGORIES when not allowed
+
+
+@dataclass(frozen=True)
+class Result(Generic[T]):
+    value: T
+    runs: tuple[ModelRun, ...]
+
+
+class ProviderError(Exception):
+    """Base of every provider failure; carries the runs made before it failed."""
+
+    def __init__(self, message: str, runs: tuple[ModelRun, ...] = ()) -> None:
+        super().__init__(message)
+        self.runs = runs
+
+
+class RateLimited(ProviderError):
+    """The model API throttled us; try again after ``retry_after_ms``."""
+
+    def __init__(
+        self, message: str, runs: tuple[ModelRun, ...] = (), *, retry_after_ms: int
+    ) -> None:
+        super().__init__(message, runs)
+        self.retry_after_ms = retry_after_ms
+
+
+class ModelUnavailable(ProviderError):
+    """Overload, 5xx, connection error or timeout (also a mid-stream ``overloaded_error``)."""
+
+
+class InvalidOutput(ProviderError):
+    """The model's output was still not valid after one repair retry (or it refused)."""
+
+
+DeltaCallback = Callable[[str], Awaitable[None]]
+
+
+class Provider(Protocol):
+    name: str  # "offline" | "anthropic"
+
+    async def plan(self, request: PlanRequest) -> Result[tuple[Plan, BeatContent]]:
+        """Plan plus beat 1, FAST tier, not streamed."""
+        ...
+
+    async def beat(
+        self,
+        plan: Plan,
+        ord: int,
+        request: PlanRequest,
+        on_delta: DeltaCallback,
+        tier: Tier = Tier.STREAMING,
+    ) -> Result[BeatContent]:
+        """Beat ``ord`` of ``plan``; streams text deltas of the beat body to ``on_delta``.
+
+        The returned content is authoritative: when a repair retry was needed the deltas
+        already sent are a preview of a body that was replaced.
+        """
+        ...
+
+    async def moderate(self, text: str, stage: str) -> Result[Verdict]:
+        """Classify student input (``stage="input"``) or model output (``"output"``)."""
+        ...
+
+    async def answer(
+        self, question: str, plan: Plan, ord: int, request: PlanRequest
+    ) -> Result[str]:
+        """Answer a mid-lesson question about beat ``ord``, FAST tier."""
+        ...
+
+    async def hello(self) -> Result[str]:
+        """Say hello on the FAST tier (the P0 end-to-end check)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release network resources (the SDK's connection pool); idempotent."""
+        ...
+
+
+def make_provider(config: ProviderConfig) -> Provider:
+    """Build the provider ``config.kind`` names. Opens nothing until the first call."""
+    if config.kind == "offline":
+        from commands.providers.offline import OfflineProvider
+
+        return OfflineProvider(config)
+    if config.kind == "anthropic":
+        if not config.api_key:
+            raise ValueError(
+                "the anthropic provider needs an api_key; use kind='offline' without one"
+            )
+        # Imported here so the offline default never pays for importing the SDK.
+        from commands.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(config)
+    raise ValueError(f"unknown provider kind {config.kind!r}; expected 'offline' or 'anthropic'")

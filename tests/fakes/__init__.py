@@ -1,0 +1,1 @@
+"""Test doubles that implement real interfaces over real transports (no SDK mocks)."""

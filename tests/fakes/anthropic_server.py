@@ -1,0 +1,425 @@
+"""A fake Anthropic Messages API: a real HTTP server on 127.0.0.1 that the official SDK talks to.
+
+The SDK (2.x) sends requests through ``httpx2``, which transport mocks such as respx cannot
+intercept, so tests point ``ProviderConfig.base_url`` at this server instead. It speaks the
+wire format of ``POST /v1/messages``: a JSON message, or with ``"stream": true`` the SSE
+sequence ``message_start``, ``content_block_start``, ``ping``, ``content_block_delta``
+(``text_delta``) …, ``content_block_stop``, ``message_delta`` (cumulative usage),
+``message_stop``; errors as ``{"type": "error", "error": {"type", "message"}}``.
+
+Tests script replies in order with :meth:`FakeAnthropic.script`; when the script is empty
+the server answers with a valid reply derived from the request (the offline tutor's
+content for the task named in the first user message), so flow tests can run unscripted.
+Every request is recorded (:attr:`FakeAnthropic.requests`).
+
+Registered as a pytest plugin from ``tests/conftest.py``; the ``fake_anthropic`` fixture
+gives a reset server per test (the server itself starts once per session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from commands.providers import PlanRequest, offline, prompts
+
+__all__ = [
+    "ErrorReply",
+    "FakeAnthropic",
+    "RecordedRequest",
+    "StreamErrorReply",
+    "TextReply",
+    "fake_anthropic",
+    "overloaded",
+    "rate_limited",
+    "server_error",
+]
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class TextReply:
+    """A successful reply, streamed in ``chunk_chars`` pieces when the request streams."""
+
+    text: str
+    input_tokens: int | None = None  # None: counted from the request
+    output_tokens: int | None = None  # None: counted from ``text``
+    stop_reason: str = "end_turn"
+    chunk_chars: int = 5
+    delay_s: float = 0.0  # the server waits this long before answering (timeout tests)
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """An HTTP error before any body, as the API sends for 429, 529, 500 …"""
+
+    status: int
+    error_type: str
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class StreamErrorReply:
+    """A 200 stream that sends ``deltas`` and then an ``event: error`` (no message_stop)."""
+
+    deltas: tuple[str, ...]
+    error_type: str = "overloaded_error"
+    message: str = "Overloaded"
+    input_tokens: int = 10
+
+
+Reply = TextReply | ErrorReply | StreamErrorReply
+
+
+def rate_limited(retry_after_s: int = 2) -> ErrorReply:
+    return ErrorReply(
+        429,
+        "rate_limit_error",
+        "Number of request tokens has exceeded your per-minute rate limit",
+        headers=(("retry-after", str(retry_after_s)),),
+    )
+
+
+def overloaded() -> ErrorReply:
+    return ErrorReply(529, "overloaded_error", "Overloaded")
+
+
+def server_error() -> ErrorReply:
+    return ErrorReply(500, "api_error", "Internal server error")
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    model: str
+    stream: bool
+    system: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    headers: dict[str, str]
+    body: dict[str, Any] = field(repr=False)
+
+    @property
+    def task(self) -> str | None:
+        """The ``task`` of the first user message (plan | beat | moderation | ask), if any."""
+        payload = _first_user_json(self.messages)
+        task = payload.get("task") if payload else None
+        return task if isinstance(task, str) else None
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(block.get("text", ""))
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+    return ""
+
+
+def _first_user_json(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for message in messages:
+        if message.get("role") == "user":
+            try:
+                value = json.loads(_content_text(message.get("content")))
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def default_reply_text(request: RecordedRequest) -> str:
+    """A valid reply for the request's task, from the offline tutor's deterministic content."""
+    payload = _first_user_json(request.messages) or {}
+    task = payload.get("task")
+    if task in {"plan", "beat", "ask"}:
+        intent = payload.get("intent")
+        plan_request = PlanRequest(
+            subject=str(payload.get("subject", "")),
+            topic=str(payload.get("topic", "")),
+            level=str(payload.get("level", "")),
+            intent=intent if isinstance(intent, dict) else {},
+        )
+        if task == "plan":
+            plan = offline.build_plan(plan_request)
+            beat1 = offline.build_beat(plan, 1, plan_request)
+            return json.dumps(prompts.plan_to_json(plan, beat1))
+        plan = prompts.validate_plan(payload["plan"])
+        ord_ = int(payload["ord"])
+        if task == "beat":
+            return json.dumps(prompts.beat_to_json(offline.build_beat(plan, ord_, plan_request)))
+        return offline.build_answer(str(payload.get("question", "")), plan, ord_, plan_request)
+    if task == "moderation":
+        verdict = offline.classify(str(payload.get("text", "")))
+        return json.dumps({"allowed": verdict.allowed, "category": verdict.category})
+    return "Hello! This is the fake Messages API."
+
+
+class FakeAnthropic:
+    """The scriptable server state plus its Starlette app; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._script: deque[Reply] = deque()
+        self._requests: list[RecordedRequest] = []
+        self._ids = itertools.count(1)
+        self.base_url = ""
+        self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
+
+    # ---- the test-facing API -----------------------------------------------------------
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies, consumed one per request in order."""
+        with self._lock:
+            self._script.extend(replies)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def unused_replies(self) -> int:
+        with self._lock:
+            return len(self._script)
+
+    def wait_for_requests(self, count: int, timeout_s: float = 5.0) -> list[RecordedRequest]:
+        """Block until ``count`` requests have arrived (or fail after ``timeout_s``)."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._requests) >= count, timeout_s):
+                raise TimeoutError(f"expected {count} requests, got {len(self._requests)}")
+            return list(self._requests)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._script.clear()
+            self._requests.clear()
+
+    # ---- the server side ---------------------------------------------------------------
+
+    async def _messages(self, request: Request) -> Response:
+        body = await request.json()
+        recorded = RecordedRequest(
+            model=str(body.get("model", "")),
+            stream=bool(body.get("stream", False)),
+            system=_content_text(body.get("system", "")),
+            messages=list(body.get("messages", [])),
+            max_tokens=int(body.get("max_tokens", 0)),
+            headers=dict(request.headers),
+            body=body,
+        )
+        with self._lock:
+            reply = self._script.popleft() if self._script else None
+            self._requests.append(recorded)
+            self._lock.notify_all()
+        if reply is None:
+            reply = TextReply(default_reply_text(recorded))
+        if isinstance(reply, TextReply) and reply.delay_s:
+            await asyncio.sleep(reply.delay_s)  # simulates a slow model, not a test wait
+        message_id = f"msg_fake{next(self._ids):06d}"
+        headers = {"request-id": f"req_fake{message_id[8:]}"}
+        if isinstance(reply, ErrorReply):
+            return JSONResponse(
+                {
+                    "type": "error",
+                    "error": {"type": reply.error_type, "message": reply.message},
+                    "request_id": headers["request-id"],
+                },
+                status_code=reply.status,
+                headers={**headers, **dict(reply.headers)},
+            )
+        if not recorded.stream:
+            if isinstance(reply, StreamErrorReply):
+                # Without streaming the same outage is a plain HTTP error.
+                return self._messages_error_for(reply, headers)
+            return JSONResponse(self._message_json(reply, recorded, message_id), headers=headers)
+        return StreamingResponse(
+            self._sse(reply, recorded, message_id),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
+        )
+
+    @staticmethod
+    def _messages_error_for(reply: StreamErrorReply, headers: dict[str, str]) -> Response:
+        status = 529 if reply.error_type == "overloaded_error" else 500
+        return JSONResponse(
+            {"type": "error", "error": {"type": reply.error_type, "message": reply.message}},
+            status_code=status,
+            headers=headers,
+        )
+
+    @staticmethod
+    def _usage(reply: TextReply, request: RecordedRequest) -> tuple[int, int]:
+        input_tokens = reply.input_tokens
+        if input_tokens is None:
+            prompt = request.system + "".join(
+                _content_text(m.get("content")) for m in request.messages
+            )
+            input_tokens = _words(prompt)
+        output_tokens = (
+            reply.output_tokens if reply.output_tokens is not None else _words(reply.text)
+        )
+        return input_tokens, output_tokens
+
+    def _message_json(
+        self, reply: TextReply, request: RecordedRequest, message_id: str
+    ) -> dict[str, Any]:
+        input_tokens, output_tokens = self._usage(reply, request)
+        return {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": request.model,
+            "content": [{"type": "text", "text": reply.text}],
+            "stop_reason": reply.stop_reason,
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        }
+
+    async def _sse(
+        self, reply: TextReply | StreamErrorReply, request: RecordedRequest, message_id: str
+    ) -> AsyncIterator[bytes]:
+        if isinstance(reply, TextReply):
+            input_tokens, output_tokens = self._usage(reply, request)
+            step = max(reply.chunk_chars, 1)
+            deltas = [reply.text[i : i + step] for i in range(0, len(reply.text), step)]
+        else:
+            input_tokens, output_tokens = reply.input_tokens, 0
+            deltas = list(reply.deltas)
+        yield _event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": request.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                },
+            },
+        )
+        yield _event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+        yield _event("ping", {"type": "ping"})
+        for delta in deltas:
+            yield _event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": delta},
+                },
+            )
+        if isinstance(reply, StreamErrorReply):
+            yield _event(
+                "error",
+                {"type": "error", "error": {"type": reply.error_type, "message": reply.message}},
+            )
+            return
+        yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        yield _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        )
+        yield _event("message_stop", {"type": "message_stop"})
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+class FakeAnthropicServer:
+    """Runs a :class:`FakeAnthropic` app under uvicorn in a background thread."""
+
+    def __init__(self, fake: FakeAnthropic) -> None:
+        self.fake = fake
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                fake.app,
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+                http="h11",
+                ws="none",
+                timeout_graceful_shutdown=2,
+            )
+        )
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    def start(self) -> None:
+        self._socket.bind(("127.0.0.1", 0))  # port 0: the OS picks a free port
+        host, port = self._socket.getsockname()
+        self.fake.base_url = f"http://{host}:{port}"
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        # uvicorn offers no start callback; poll its flag against a deadline.
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the fake Messages API server did not start")
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(STOP_TIMEOUT_S)
+        self._socket.close()
+        if self._thread.is_alive():
+            raise RuntimeError("the fake Messages API server did not stop")
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic_server() -> Iterator[FakeAnthropicServer]:
+    server = FakeAnthropicServer(FakeAnthropic())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fake_anthropic(fake_anthropic_server: FakeAnthropicServer) -> Iterator[FakeAnthropic]:
+    """The fake Messages API, with an empty script and no recorded requests."""
+    fake = fake_anthropic_server.fake
+    fake.reset()
+    yield fake
+    fake.reset()
