@@ -8,4 +8,7 @@ from eventstore.migrations import Migration
 
 _SQL = Path(__file__).parent / "sql"
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(10, "commands", _SQL / "schema_v10.sql"),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(10, "commands", _SQL / "schema_v10.sql"),
+    Migration(11, "guardrails", _SQL / "schema_v11.sql"),
+)

@@ -2,6 +2,7 @@
 
     omnitutor serve [--host H] [--port P]     run the API (embedded PostgreSQL by default)
     omnitutor db url|migrate|reset|bootstrap|stop
+    omnitutor ops purge | spend flag on|off | spend show   (ops/guardrails_cli.py)
 
 Each sub-command reads Settings from the environment once (web/settings.py).
 """
@@ -24,6 +25,7 @@ from eventstore.database import __file__ as _database_file
 from eventstore.errors import StoreError, translate_errors
 from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, reset
 from eventstore.queries import load_queries
+from ops import guardrails_cli
 from web.logging import configure_logging
 from web.migrations import MIGRATIONS
 from web.settings import Settings
@@ -172,6 +174,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     b.add_argument("--role", default=APP_ROLE)
     b.add_argument("--app-password", help="password for the app role (default: generated)")
     b.set_defaults(handler=cmd_db_bootstrap)
+    guardrails_cli.register(sub)
     return parser
 
 

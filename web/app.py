@@ -26,6 +26,7 @@ from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.store import EventStore, Sequencer
 from web import health, sessions
 from web.errors import ApiError, error_response
+from web.idempotency import IdempotencyMiddleware
 from web.middleware import RequestContext
 from web.services import Services
 from web.settings import Settings
@@ -97,7 +98,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
     return Starlette(
         routes=[*health.routes, *sessions.routes],
-        middleware=[Middleware(RequestContext)],
+        middleware=[Middleware(RequestContext), Middleware(IdempotencyMiddleware)],
         exception_handlers={
             HTTPException: on_http_exception,
             CommandError: on_command_error,
