@@ -61,6 +61,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             access_log=False,
             timeout_graceful_shutdown=5,
             lifespan="on",
+            # The trusted-proxy rule is web/client_ip.py's (OMNITUTOR_TRUSTED_PROXIES); uvicorn's
+            # own would believe X-Forwarded-For from 127.0.0.1 before the app sees the peer.
+            proxy_headers=False,
         )
     return 0
 

@@ -192,7 +192,13 @@ def guarded_app(settings: Settings, database_url: str) -> Starlette:
 def serve(app: Starlette, deadline_s: float = 20.0) -> Iterator[str]:
     """Serve `app` with uvicorn in a thread on a free port; yields its base URL."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, access_log=False, log_level="warning", lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=0,
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,  # as `omnitutor serve`: web/client_ip.py decides what to trust
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-guardrails", daemon=True)

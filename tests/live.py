@@ -18,7 +18,13 @@ def serve_app(settings: Settings, database_url: str, deadline_s: float = 20.0) -
     """Run the app until the block exits; yields its base URL (http://127.0.0.1:PORT)."""
     app = create_app(settings, database_url)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, access_log=False, log_level="warning", lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=0,
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,  # as `omnitutor serve`: web/client_ip.py decides what to trust
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
