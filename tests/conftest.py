@@ -31,6 +31,8 @@ pytest_plugins = ["tests.fakes.anthropic_server"]
 _ADMIN = load_queries(Path(__file__).resolve().parent.parent / "eventstore" / "sql" / "admin.sql")
 _counter = itertools.count()
 
+pytest_plugins = ["tests.fakes.anthropic_server"]
+
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:

@@ -1,32 +1,22 @@
-"""A stand-in `POST /v1/plan` for the guardrail tests, built from the real building blocks.
-
-The real endpoint lives on the lessons branch; until it is merged, this handler runs the
-guardrails in the order DESIGN.md fixes (the Idempotency-Key middleware has already claimed
-the key): session → rate limit → spend cap → input moderation → the model call → output
-moderation → append. It is mounted only in test apps.
+"""The real app for the guardrail tests, with a model provider that fails on cue.
 
 `ScriptedProvider` is a fake implementing the real Provider interface: it delegates to the
-offline tutor, except that topics naming a failure make the classifier fail that way, so a
-real HTTP request can reach every error code.
+offline tutor, except that topics naming a failure make the classifier (or the plan call)
+fail that way, so a real HTTP request to the real `POST /v1/plan` can reach every error code.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from commands.errors import InvalidInput, ModelUnavailable, RateLimited
-from commands.moderation import model_run_event
 from commands.providers import (
     BeatContent,
     DeltaCallback,
@@ -34,7 +24,6 @@ from commands.providers import (
     Plan,
     PlanRequest,
     ProviderConfig,
-    ProviderError,
     Result,
     Tier,
     Verdict,
@@ -42,15 +31,7 @@ from commands.providers import (
 from commands.providers import ModelUnavailable as ProviderUnavailable
 from commands.providers import RateLimited as ProviderRateLimited
 from commands.providers.offline import OfflineProvider
-from commands.ratelimit import Bucket
-from eventstore.events import LessonCreated, PlanRevised
-from eventstore.ids import new_id
-from eventstore.store import NewEvent
 from web.app import create_app
-from web.body import read_json_object
-from web.guardrails import admit, event_meta, screen_input, screen_output
-from web.services import services
-from web.sessions import current_principal
 from web.settings import Settings
 
 THROTTLE_TOPIC = "throttle the classifier"
@@ -104,87 +85,18 @@ class ScriptedProvider:
         await self._offline.aclose()
 
 
-def _text(body: dict[str, Any], field: str, limit: int) -> str:
-    value = body.get(field)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(field, "must be a non-empty string")
-    if len(value) > limit:
-        raise InvalidInput(field, f"must be at most {limit} characters")
-    return value.strip()
-
-
-def plan_route(provider: ScriptedProvider) -> Route:
-    async def plan(request: Request) -> Response:
-        svc = services(request)
-        principal = await current_principal(request)
-        body = await read_json_object(request, svc.settings.max_body_bytes)
-        subject, topic = _text(body, "subject", 80), _text(body, "topic", 200)
-        intent = body.get("intent", {})
-        if not isinstance(intent, dict):
-            raise InvalidInput("intent", "must be an object")
-        free_text = intent.get("free_text", "")
-        free_text = free_text if isinstance(free_text, str) else ""
-
-        await admit(request, principal, Bucket.PLAN)
-        await screen_input(
-            request, principal, provider, {"topic": topic, "intent.free_text": free_text}
-        )
-        meta = event_meta(request, principal)
-        lesson_id = new_id()
-        plan_request = PlanRequest(subject, topic, "hs", intent)
-        try:
-            result = await provider.plan(plan_request)
-        except ProviderError as e:
-            runs = [NewEvent.of(model_run_event(r, meta.trace_id or ""), meta) for r in e.runs]
-            await svc.store.append_unordered(runs, lesson_id=lesson_id)
-            if isinstance(e, ProviderRateLimited):
-                raise RateLimited(
-                    "Tutor is thinking too hard.", retry_after_ms=e.retry_after_ms
-                ) from e
-            raise ModelUnavailable("The tutor's model is unavailable.") from e
-        runs = [NewEvent.of(model_run_event(r, meta.trace_id or ""), meta) for r in result.runs]
-        await svc.store.append_unordered(runs, lesson_id=lesson_id)
-        the_plan, beat1 = result.value
-        await screen_output(
-            request,
-            principal,
-            provider,
-            {"plan.summary": the_plan.summary, "beat1.narration": beat1.narration_text},
-            lesson_id=lesson_id,
-        )
-        plan_json = {
-            "summary": the_plan.summary,
-            "beats": [
-                {"ord": b.ord, "kind": b.kind, "title": b.title, "est_min": b.est_min}
-                for b in the_plan.beats
-            ],
-            "after": the_plan.after,
-        }
-        created = LessonCreated(principal.session_id, principal.user_id, subject, topic, "hs", {})
-        await svc.store.append(
-            lesson_id,
-            [NewEvent.of(created, meta), NewEvent.of(PlanRevised(1, plan_json, "initial"), meta)],
-            expected_seq=0,
-        )
-        return JSONResponse(
-            {
-                "ok": True,
-                "lesson_id": lesson_id,
-                "plan": plan_json,
-                "beat1": {
-                    "content_json": beat1.content_json,
-                    "narration_text": beat1.narration_text,
-                },
-                "trace_id": meta.trace_id,
-            }
-        )
-
-    return Route("/v1/plan", plan, methods=["POST"])
-
-
 def guarded_app(settings: Settings, database_url: str) -> Starlette:
+    """The real app, whose `POST /v1/plan` uses a ScriptedProvider instead of the offline one."""
     app = create_app(settings, database_url)
-    app.router.routes.append(plan_route(ScriptedProvider()))
+    opened = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
+        async with opened(app) as state:
+            app.state.services.provider = ScriptedProvider()
+            yield state
+
+    app.router.lifespan_context = lifespan
     return app
 
 

@@ -1,8 +1,8 @@
 """The guardrails over real HTTP: P0 acceptance tests 9, 10 and 11, idempotent replay and
 conflicts, concurrency, the trusted-proxy rule, and the error vocabulary.
 
-`POST /v1/plan` here is the stand-in of tests/guarded_app.py (the lessons branch owns the
-real one), served by uvicorn with the real app, middleware and database.
+`POST /v1/plan` is the real endpoint (web/lessons.py), served by uvicorn with the real app,
+middleware and database; only its model provider is tests/guarded_app.py's scripted one.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ DETAIL_KEYS = {"field", "reason", "scope", "bucket", "header", "allow", "checks"
 
 @contextmanager
 def running(db_url: str, **overrides: Any) -> Iterator[str]:
-    with serve(guarded_app(make_settings(**overrides), db_url)) as base_url:
+    settings = make_settings(**{"offline_pace_ms": 0, **overrides})
+    with serve(guarded_app(settings, db_url)) as base_url:
         yield base_url
 
 

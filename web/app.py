@@ -24,9 +24,11 @@ from starlette.responses import Response
 from commands.errors import CommandError, ErrorCode, Internal
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.store import EventStore, Sequencer
-from web import health, sessions
+from web import health, lessons, sessions
 from web.errors import ApiError, error_response
 from web.idempotency import IdempotencyMiddleware
+from web.interim_hub import InterimHub
+from web.lesson_runtime import open_provider, open_supervisor
 from web.middleware import RequestContext
 from web.services import Services
 from web.settings import Settings
@@ -55,14 +57,29 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         await pool.open(wait=True, timeout=30)
         store = EventStore(pool)
         sequencer = Sequencer(store)
-        app.state.services = Services(settings=settings, pool=pool, store=store)
-        tasks = [asyncio.create_task(sequencer.run(), name="sequencer")]
+        hub = InterimHub(store)
+        provider = open_provider(settings)
+        supervisor = open_supervisor(settings, pool, store, provider)
+        app.state.services = Services(
+            settings=settings,
+            pool=pool,
+            store=store,
+            hub=hub,
+            provider=provider,
+            supervisor=supervisor,
+        )
+        tasks = [
+            asyncio.create_task(sequencer.run(), name="sequencer"),
+            asyncio.create_task(supervisor.run(), name="generation-supervisor"),
+        ]
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await supervisor.aclose()
+            await provider.aclose()
             await pool.close()
 
     def trace_id(request: Request) -> str:
@@ -97,7 +114,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
 
     return Starlette(
-        routes=[*health.routes, *sessions.routes],
+        routes=[*health.routes, *sessions.routes, *lessons.routes],
         middleware=[Middleware(RequestContext), Middleware(IdempotencyMiddleware)],
         exception_handlers={
             HTTPException: on_http_exception,

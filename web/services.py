@@ -9,8 +9,11 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 
+from commands.generation import Supervisor
+from commands.providers import Provider
 from eventstore.store import EventStore
 from web.settings import Settings
+from web.stream import LessonHub
 
 
 @dataclass
@@ -18,6 +21,9 @@ class Services:
     settings: Settings
     pool: AsyncConnectionPool[AsyncConnection[Any]]
     store: EventStore
+    hub: LessonHub
+    provider: Provider
+    supervisor: Supervisor
 
 
 def services(request: Request) -> Services:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -85,6 +85,21 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = ()  # OMNITUTOR_TRUSTED_PROXIES
     daily_cap_usd: Decimal = Decimal(50)  # OMNITUTOR_DAILY_CAP_USD
     over_quota_forced: bool = False  # OT_OVER_QUOTA=1: refuse new generations from start-up
+    # Lessons (docs/lessons.md): the model provider, generation and the SSE stream.
+    provider: str = "offline"  # OMNITUTOR_PROVIDER: offline | anthropic (default: by key)
+    anthropic_api_key: str | None = field(default=None, repr=False)  # ANTHROPIC_API_KEY
+    anthropic_base_url: str | None = None  # ANTHROPIC_BASE_URL
+    model_fast: str = "claude-haiku-4-5"  # OMNITUTOR_MODEL_FAST
+    model_streaming: str = "claude-sonnet-4-6"  # OMNITUTOR_MODEL_STREAMING
+    model_deep: str = "claude-opus-4-7"  # OMNITUTOR_MODEL_DEEP
+    offline_pace_ms: int = 30  # OMNITUTOR_OFFLINE_PACE_MS: delay between offline tokens
+    beat_partial_ms: int = 500  # OMNITUTOR_BEAT_PARTIAL_MS: coalescing window of beat.partial
+    lease_ttl_s: float = 6.0  # OMNITUTOR_LEASE_TTL_S: a generation lease lapses after this
+    lease_renew_s: float = 2.0  # OMNITUTOR_LEASE_RENEW_S
+    supervisor_poll_s: float = 1.0  # OMNITUTOR_SUPERVISOR_POLL_S: look for orphaned lessons
+    max_generations: int = 100  # OMNITUTOR_MAX_GENERATIONS: lessons one process generates
+    sse_send_timeout_s: float = 10.0  # OMNITUTOR_SSE_SEND_TIMEOUT_S: drop a stalled reader
+    sse_retry_ms: int = 1000  # OMNITUTOR_SSE_RETRY_MS: the stream's `retry:` field
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,4 +123,29 @@ class Settings:
             trusted_proxies=_networks(e, "OMNITUTOR_TRUSTED_PROXIES"),
             daily_cap_usd=_decimal(e, "OMNITUTOR_DAILY_CAP_USD", Decimal(50)),
             over_quota_forced=_flag(e.get("OT_OVER_QUOTA")),
+            provider=_provider(e),
+            anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
+            anthropic_base_url=e.get("ANTHROPIC_BASE_URL") or None,
+            model_fast=e.get("OMNITUTOR_MODEL_FAST") or "claude-haiku-4-5",
+            model_streaming=e.get("OMNITUTOR_MODEL_STREAMING") or "claude-sonnet-4-6",
+            model_deep=e.get("OMNITUTOR_MODEL_DEEP") or "claude-opus-4-7",
+            offline_pace_ms=_int(e, "OMNITUTOR_OFFLINE_PACE_MS", 30),
+            beat_partial_ms=_int(e, "OMNITUTOR_BEAT_PARTIAL_MS", 500),
+            lease_ttl_s=_float(e, "OMNITUTOR_LEASE_TTL_S", 6.0),
+            lease_renew_s=_float(e, "OMNITUTOR_LEASE_RENEW_S", 2.0),
+            supervisor_poll_s=_float(e, "OMNITUTOR_SUPERVISOR_POLL_S", 1.0),
+            max_generations=_int(e, "OMNITUTOR_MAX_GENERATIONS", 100),
+            sse_send_timeout_s=_float(e, "OMNITUTOR_SSE_SEND_TIMEOUT_S", 10.0),
+            sse_retry_ms=_int(e, "OMNITUTOR_SSE_RETRY_MS", 1000),
         )
+
+
+def _provider(env: Mapping[str, str]) -> str:
+    """OMNITUTOR_PROVIDER, or anthropic when an API key is set and offline otherwise."""
+    has_key = bool(env.get("ANTHROPIC_API_KEY"))
+    kind = (env.get("OMNITUTOR_PROVIDER") or ("anthropic" if has_key else "offline")).lower()
+    if kind not in {"offline", "anthropic"}:
+        raise SystemExit(f"OMNITUTOR_PROVIDER must be offline or anthropic, got {kind!r}")
+    if kind == "anthropic" and not has_key:
+        raise SystemExit("OMNITUTOR_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
+    return kind

@@ -1,0 +1,458 @@
+"""The lesson aggregate: its state folded from the log, and the decisions made on it.
+
+Pure functions only (no I/O): `evolve(state, event)` folds one event into the state;
+`decide_*` functions look at a state and return the events to append, or raise a
+CommandError when the command makes no sense in that state. Callers (commands/plan.py,
+commands/generation.py, web/) read the log, fold it, decide, and append the result with the
+state's `version` as expected_seq, so a decision is only ever stored on top of the state it
+was made from. That is what makes "no beat is completed twice" hold across workers: a
+second worker's decision was made on a state that no longer exists, its append fails, and
+re-deciding on the fresh state refuses.
+
+Each (re)start of a beat bumps the beat's `attempt`; partials and the completion name the
+attempt they belong to, so a worker that lost its lease cannot write into a beat another
+worker restarted (a fencing token kept in the log itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from commands.errors import Conflict, NotFound
+from commands.providers import BeatContent, ModelRun, Plan, PlanBeat
+from eventstore.events import (
+    JSON,
+    AudioReady,
+    BeatCompleted,
+    BeatFailed,
+    BeatPartial,
+    BeatStarted,
+    CacheHit,
+    DomainEvent,
+    ErrorRaised,
+    LessonAbandoned,
+    LessonCompleted,
+    LessonCreated,
+    LessonDeleted,
+    ModelRunRecorded,
+    PlanLocked,
+    PlanRevised,
+)
+from eventstore.ids import new_id
+from eventstore.store import StoredEvent
+
+# Lesson statuses (contracts §2), plus `new` for a lesson with no events.
+NEW, DRAFT, ACTIVE, COMPLETE, ABANDONED = "new", "draft", "active", "complete", "abandoned"
+TERMINAL = frozenset({COMPLETE, ABANDONED})
+# Beat statuses (beats.status in schema v0).
+PENDING, STREAMING, READY, FAILED = "pending", "streaming", "ready", "failed"
+
+
+class Superseded(Conflict):
+    """The decision was made on a view of the lesson that another writer has moved past."""
+
+
+@dataclass(frozen=True)
+class BeatState:
+    ord: int
+    kind: str
+    title: str
+    est_min: int
+    status: str = PENDING
+    beat_id: str | None = None
+    attempt: int = 0  # bumped at every (re)start
+    content_json: JSON | None = None
+    narration_text: str | None = None
+    audio_url: str | None = None
+    partial_text: str = ""  # deltas of the current attempt; dropped once the beat is ready
+    started_seq: int = 0  # seq of the event that began the current attempt
+
+
+@dataclass(frozen=True)
+class LessonState:
+    lesson_id: str = ""
+    version: int = 0  # lesson_seq of the last event folded in
+    status: str = NEW
+    user_id: str = ""
+    session_id: str = ""
+    subject: str = ""
+    topic: str = ""
+    level: str = ""
+    intent: JSON = field(default_factory=dict)
+    plan: JSON | None = None  # the latest revision: {summary, beats, after}
+    revision_num: int = 0
+    locked_seq: int = 0  # seq of plan.locked (0: not locked)
+    beats: tuple[BeatState, ...] = ()
+    model_costs: Mapping[str, Decimal] = field(default_factory=dict)
+    created_at: datetime | None = None
+    locked_at: datetime | None = None
+    ended_at: datetime | None = None
+    ended_seq: int = 0  # seq of lesson.completed / lesson.abandoned
+    duration_ms: int | None = None
+    failed_seq: int = 0  # seq of the last generation error (0 when none since)
+    deleted: bool = False
+
+    def beat(self, ord: int) -> BeatState:
+        for b in self.beats:
+            if b.ord == ord:
+                return b
+        raise NotFound(f"beat {ord} is not in this lesson's plan")
+
+    @property
+    def locked(self) -> bool:
+        return self.locked_seq > 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def next_beat(self) -> BeatState | None:
+        """The first beat that is not ready: where generation starts or resumes."""
+        return next((b for b in self.beats if b.status != READY), None)
+
+    def plan_object(self) -> Plan:
+        if self.plan is None:
+            raise NotFound("this lesson has no plan")
+        return plan_from_json(self.plan)
+
+
+# ---- evolve --------------------------------------------------------------------------------
+
+
+def _with_beat(state: LessonState, ord: int, **changes: Any) -> LessonState:
+    return replace(
+        state, beats=tuple(replace(b, **changes) if b.ord == ord else b for b in state.beats)
+    )
+
+
+def _beats_of(plan: JSON, previous: Sequence[BeatState]) -> tuple[BeatState, ...]:
+    """Beats of a new plan revision; beats already generated under the same ord stay."""
+    kept = {b.ord: b for b in previous if b.status != PENDING}
+    out = []
+    for pb in plan.get("beats", []):
+        old = kept.get(pb["ord"])
+        out.append(
+            old
+            if old is not None and old.status == READY
+            else BeatState(pb["ord"], pb["kind"], pb["title"], pb["est_min"])
+        )
+    return tuple(out)
+
+
+def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -> LessonState:
+    """The state after `event` (which the log stored at seq state.version + 1, time `ts`)."""
+    seq = state.version + 1
+    s = replace(state, version=seq)
+    match event:
+        case LessonCreated():
+            return replace(
+                s,
+                status=DRAFT,
+                user_id=event.user_id,
+                session_id=event.session_id,
+                subject=event.subject,
+                topic=event.topic,
+                level=event.level,
+                intent=event.intent,
+                created_at=ts,
+            )
+        case PlanRevised():
+            return replace(
+                s,
+                plan=event.plan,
+                revision_num=event.revision_num,
+                beats=_beats_of(event.plan, s.beats),
+            )
+        case PlanLocked():
+            return replace(s, status=ACTIVE, locked_seq=seq, locked_at=ts)
+        case BeatStarted():
+            b = s.beat(event.ord)
+            return _with_beat(
+                s,
+                event.ord,
+                status=STREAMING,
+                beat_id=event.beat_id,
+                attempt=b.attempt + 1,
+                partial_text="",
+                started_seq=seq,
+            )
+        case BeatPartial():
+            b = s.beat(event.ord)
+            if event.reset:
+                return _with_beat(
+                    s,
+                    event.ord,
+                    status=STREAMING,
+                    attempt=b.attempt + 1,
+                    partial_text=event.content_delta,
+                    started_seq=seq,
+                )
+            return _with_beat(s, event.ord, partial_text=b.partial_text + event.content_delta)
+        case BeatCompleted():
+            return _with_beat(
+                s,
+                event.ord,
+                status=READY,
+                beat_id=event.beat_id,
+                content_json=event.content_json,
+                narration_text=event.narration_text,
+                audio_url=event.audio_url,
+                partial_text="",
+            )
+        case BeatFailed():
+            return _with_beat(s, event.ord, status=FAILED)
+        case AudioReady():
+            return _with_beat(s, event.beat_ord, audio_url=event.audio_url)
+        case ModelRunRecorded():
+            costs = dict(s.model_costs)
+            costs[event.model] = costs.get(event.model, Decimal(0)) + Decimal(str(event.cost_usd))
+            return replace(s, model_costs=costs)
+        case LessonCompleted():
+            return replace(
+                s, status=COMPLETE, ended_at=ts, ended_seq=seq, duration_ms=event.duration_ms
+            )
+        case LessonAbandoned():
+            return replace(s, status=ABANDONED, ended_at=ts, ended_seq=seq)
+        case LessonDeleted():
+            return replace(s, deleted=True)
+        case ErrorRaised():
+            return replace(s, failed_seq=seq)
+        case _:
+            return s
+
+
+def fold(
+    events: Iterable[StoredEvent], state: LessonState | None = None, lesson_id: str = ""
+) -> LessonState:
+    """Fold stored events (in seq order, following `state`) into a lesson state."""
+    s = state or LessonState(lesson_id=lesson_id)
+    for e in events:
+        if e.lesson_seq != s.version + 1:
+            raise ValueError(f"event seq {e.lesson_seq} does not follow {s.version}")
+        s = evolve(s, e.domain(), e.ts)
+        if not s.lesson_id and e.lesson_id:
+            s = replace(s, lesson_id=e.lesson_id)
+    return s
+
+
+# ---- decide -------------------------------------------------------------------------------
+
+
+def plan_json(plan: Plan) -> JSON:
+    return {
+        "summary": plan.summary,
+        "beats": [
+            {"ord": b.ord, "kind": b.kind, "title": b.title, "est_min": b.est_min}
+            for b in plan.beats
+        ],
+        "after": plan.after,
+    }
+
+
+def plan_from_json(data: Mapping[str, Any]) -> Plan:
+    return Plan(
+        summary=data["summary"],
+        beats=tuple(
+            PlanBeat(ord=b["ord"], kind=b["kind"], title=b["title"], est_min=b["est_min"])
+            for b in data["beats"]
+        ),
+        after=data["after"],
+    )
+
+
+def run_event(run: ModelRun, trace_id: str, beat_ord: int | None = None) -> ModelRunRecorded:
+    return ModelRunRecorded(
+        run_id=new_id(),
+        model=run.model,
+        purpose=run.purpose,
+        prompt_tokens=run.prompt_tokens,
+        completion_tokens=run.completion_tokens,
+        cost_usd=float(run.cost_usd),
+        latency_ms=run.latency_ms,
+        status=run.status,
+        trace_id=trace_id,
+        error_code=run.error_code,
+        beat_ord=beat_ord,
+    )
+
+
+@dataclass(frozen=True)
+class NewLesson:
+    """What POST /v1/plan decided to create (validated by commands/plan.py)."""
+
+    user_id: str
+    session_id: str
+    subject: str
+    topic: str
+    level: str
+    intent: JSON
+    subject_id: str | None
+    topic_id: str | None
+
+
+def decide_create(
+    state: LessonState,
+    lesson: NewLesson,
+    plan: Plan,
+    beat1: BeatContent,
+    beat1_id: str,
+    *,
+    model: str,
+    runs: Sequence[ModelRun],
+    trace_id: str,
+    cache_hit: bool,
+) -> list[DomainEvent]:
+    """A new lesson with its first plan revision and beat 1, in one batch."""
+    if state.status != NEW:
+        raise Conflict("this lesson already exists")
+    first = plan.beats[0]
+    events: list[DomainEvent] = [
+        LessonCreated(
+            session_id=lesson.session_id,
+            user_id=lesson.user_id,
+            subject=lesson.subject,
+            topic=lesson.topic,
+            level=lesson.level,
+            intent=lesson.intent,
+            subject_id=lesson.subject_id,
+            topic_id=lesson.topic_id,
+        ),
+        PlanRevised(revision_num=1, plan=plan_json(plan), triggered_by="initial"),
+        BeatStarted(ord=1, beat_id=beat1_id, kind=first.kind, title=first.title, model=model),
+        BeatCompleted(
+            ord=1,
+            beat_id=beat1_id,
+            kind=first.kind,
+            content_json=beat1.content_json,
+            narration_text=beat1.narration_text,
+        ),
+    ]
+    if cache_hit:
+        events.append(CacheHit(key_kind="plan", model=model))
+    events.extend(run_event(r, trace_id, beat_ord=None) for r in runs)
+    return events
+
+
+def decide_lock(state: LessonState) -> list[DomainEvent]:
+    """Lock the plan when the stream first opens; nothing once it is locked or over."""
+    if state.status == NEW:
+        raise NotFound("no such lesson")
+    if state.status != DRAFT or state.locked:
+        return []
+    return [PlanLocked(revision_num=state.revision_num, total_beats=len(state.beats))]
+
+
+def _require_active(state: LessonState) -> None:
+    if state.status != ACTIVE:
+        raise Superseded(f"the lesson is {state.status}, not active")
+
+
+def decide_start_beat(state: LessonState, ord: int, beat_id: str, model: str) -> list[DomainEvent]:
+    """Begin beat `ord`: beat.started the first time, a reset partial on a restart."""
+    _require_active(state)
+    b = state.beat(ord)
+    if b.status == READY:
+        raise Superseded(f"beat {ord} is already complete")
+    if b.status == PENDING:
+        return [BeatStarted(ord=ord, beat_id=beat_id, kind=b.kind, title=b.title, model=model)]
+    return [BeatPartial(ord=ord, content_delta="", reset=True)]
+
+
+def _require_attempt(state: LessonState, ord: int, attempt: int) -> BeatState:
+    _require_active(state)
+    b = state.beat(ord)
+    if b.status != STREAMING or b.attempt != attempt:
+        raise Superseded(f"beat {ord} attempt {attempt} was superseded")
+    return b
+
+
+def decide_partial(state: LessonState, ord: int, attempt: int, delta: str) -> list[DomainEvent]:
+    _require_attempt(state, ord, attempt)
+    return [BeatPartial(ord=ord, content_delta=delta)] if delta else []
+
+
+def decide_complete_beat(
+    state: LessonState,
+    ord: int,
+    attempt: int,
+    content: BeatContent,
+    *,
+    final_delta: str = "",
+    prefix: Sequence[DomainEvent] = (),
+    now: datetime,
+) -> list[DomainEvent]:
+    """Finish beat `ord` (after its last partial); finish the lesson if it was the last.
+
+    `prefix` (model runs, a cache hit) goes first in the same batch; the lesson's
+    model_costs in lesson.completed include any runs in it.
+    """
+    b = _require_attempt(state, ord, attempt)
+    events: list[DomainEvent] = [*prefix]
+    if final_delta:
+        events.append(BeatPartial(ord=ord, content_delta=final_delta))
+    assert b.beat_id is not None  # set by beat.started
+    events.append(
+        BeatCompleted(
+            ord=ord,
+            beat_id=b.beat_id,
+            kind=b.kind,
+            content_json=content.content_json,
+            narration_text=content.narration_text,
+        )
+    )
+    after = state
+    for e in events:
+        after = evolve(after, e, now)
+    return events + decide_complete_lesson(after, now)
+
+
+def decide_complete_lesson(state: LessonState, now: datetime) -> list[DomainEvent]:
+    if state.status != ACTIVE or any(b.status != READY for b in state.beats):
+        return []
+    started = state.locked_at or state.created_at or now
+    duration_ms = max(0, round((now - started).total_seconds() * 1000))
+    costs = {m: float(c.quantize(Decimal("0.00001"))) for m, c in sorted(state.model_costs.items())}
+    return [LessonCompleted(duration_ms=duration_ms, model_costs=costs)]
+
+
+def decide_fail_beat(
+    state: LessonState,
+    ord: int,
+    attempt: int,
+    *,
+    code: str,
+    message: str,
+    trace_id: str,
+    retry_after_ms: int | None = None,
+    prefix: Sequence[DomainEvent] = (),
+) -> list[DomainEvent]:
+    """Generation gives up on beat `ord` for now: the stream shows a recoverable error."""
+    b = _require_attempt(state, ord, attempt)
+    assert b.beat_id is not None
+    return [
+        *prefix,
+        BeatFailed(ord=ord, beat_id=b.beat_id, code=code, message=message),
+        ErrorRaised(
+            code=code,
+            message=message,
+            recoverable=True,
+            trace_id=trace_id,
+            retry_after_ms=retry_after_ms,
+        ),
+    ]
+
+
+def decide_abandon(state: LessonState) -> list[DomainEvent]:
+    """The student gave up; idempotent on an abandoned lesson, refused on a finished one."""
+    if state.status == NEW:
+        raise NotFound("no such lesson")
+    if state.status == ABANDONED:
+        return []
+    if state.status == COMPLETE:
+        raise Conflict("This lesson is already complete.")
+    done = [b.ord for b in state.beats if b.status == READY]
+    return [LessonAbandoned(last_beat_ord=max(done, default=0))]
