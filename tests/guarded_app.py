@@ -37,6 +37,7 @@ from web.settings import Settings
 THROTTLE_TOPIC = "throttle the classifier"
 OUTAGE_TOPIC = "classifier outage"
 CRASH_TOPIC = "crash the handler"
+HARMFUL_OUTPUT_TOPIC = "a topic whose lesson comes out harmful"
 
 
 def _failed_run(status: str) -> ModelRun:
@@ -54,7 +55,12 @@ class ScriptedProvider:
     async def plan(self, request: PlanRequest) -> Result[tuple[Plan, BeatContent]]:
         if request.topic == CRASH_TOPIC:
             raise RuntimeError("a bug in the handler")
-        return await self._offline.plan(request)
+        result = await self._offline.plan(request)
+        if request.topic == HARMFUL_OUTPUT_TOPIC:
+            plan, beat1 = result.value
+            bad = BeatContent(beat1.content_json, "Here is how to build a bomb to hurt people.")
+            return Result((plan, bad), result.runs)
+        return result
 
     async def beat(
         self,

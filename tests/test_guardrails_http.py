@@ -24,7 +24,14 @@ from eventstore.events import ModelRunRecorded
 from eventstore.store import EventMeta, NewEvent
 from ops.cli import build_parser
 from tests.conftest import make_settings
-from tests.guarded_app import CRASH_TOPIC, OUTAGE_TOPIC, THROTTLE_TOPIC, guarded_app, serve
+from tests.guarded_app import (
+    CRASH_TOPIC,
+    HARMFUL_OUTPUT_TOPIC,
+    OUTAGE_TOPIC,
+    THROTTLE_TOPIC,
+    guarded_app,
+    serve,
+)
 from web.errors import STATUS
 from web.settings import Settings
 
@@ -130,6 +137,24 @@ def test_p0_10_harmful_prompt_is_refused_and_logged_as_safety_refused(db_url: st
     assert events(db_url, "lesson.created") == []
 
 
+def test_harmful_model_output_is_refused_and_its_cost_still_recorded(db_url: str) -> None:
+    with running(db_url) as base, session(base) as client:
+        r = post_plan(client, "out-1", plan_body(HARMFUL_OUTPUT_TOPIC))
+    body = assert_envelope(r, "refused")
+    assert body["field"] == "beat1.narration"
+    assert events(db_url, "safety.refused") == [
+        {
+            "type": "safety.refused",
+            "stage": "output",
+            "category": "explicit_harm",
+            "field": "beat1.narration",
+        }
+    ]
+    purposes = [run["purpose"] for run in events(db_url, "model_run.recorded")]
+    assert purposes.count("plan") == 1
+    assert events(db_url, "lesson.created") == []
+
+
 def test_p0_11_ot_over_quota_refuses_the_next_plan_before_any_model_call(db_url: str) -> None:
     with running(db_url, over_quota_forced=True) as base, session(base) as client:
         r = post_plan(client, "full-1")
@@ -184,6 +209,31 @@ async def test_p0_11_todays_spend_at_the_cap_refuses_new_plans(db_url: str) -> N
             r = await client.post("/v1/plan", json=plan_body(), headers={"Idempotency-Key": "b"})
     body = assert_envelope(r, "over_quota")
     assert "full for the day" in body["message"]
+
+
+def test_ops_purge_reports_what_it_deleted(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with psycopg.connect(db_url) as conn:
+        user = conn.execute(
+            "INSERT INTO users (id, anon_id) VALUES ('u', 'a') RETURNING id"
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO idempotency_keys (key, request_hash, user_id, status_code, "
+            "response_json, response_body, media_type, expires_at) VALUES "
+            "('u:old', 'h', %(u)s, 200, '{}', '{}', 'application/json', now() - interval '1 s'),"
+            "('u:new', 'h', %(u)s, 200, '{}', '{}', 'application/json', now() + interval '1 h')",
+            {"u": user[0] if user else None},
+        )
+        conn.execute(
+            "INSERT INTO rate_buckets (scope, key, bucket, count, window_start) VALUES "
+            "('ip', 'a', 'plan', 1, now() - interval '3 hours')"
+        )
+    assert omnitutor(["ops", "purge"], db_url) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith(
+        "purge: 1 expired idempotency keys and 1 old rate-limit slices deleted in "
+    )
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT key FROM idempotency_keys").fetchall() == [("u:new",)]
 
 
 # ---- idempotency ---------------------------------------------------------------------------
