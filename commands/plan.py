@@ -25,8 +25,8 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from commands import providers
-from commands.errors import Internal, InvalidInput, ModelUnavailable, RateLimited
+from commands import moderation, providers
+from commands.errors import CommandError, Internal, InvalidInput, ModelUnavailable, RateLimited
 from commands.lessons import (
     LessonState,
     NewLesson,
@@ -324,6 +324,16 @@ def provider_failure(error: providers.ProviderError) -> Exception:
     return Internal("The tutor's model refused the request. Try again later.")
 
 
+def output_texts(plan: Plan, beat1: BeatContent) -> dict[str, str]:
+    """What the model wrote that a student will read, by field, for output moderation."""
+    body = beat1.content_json.get("body")
+    return {
+        "plan": "\n".join([plan.summary, *(b.title for b in plan.beats), plan.after]),
+        "beat1.body": body if isinstance(body, str) else "",
+        "beat1.narration": beat1.narration_text,
+    }
+
+
 async def create_lesson(
     pool: Pool,
     store: EventStore,
@@ -361,9 +371,16 @@ async def create_lesson(
                 [NewEvent.of(run_event(r, trace_id), meta) for r in e.runs]
             )
             raise provider_failure(e) from e
-        # Guardrails seam (lead): output moderation of the plan and beat 1 goes here.
         plan, beat1 = result.value
         runs = result.runs
+        try:
+            await moderation.screen(
+                provider, output_texts(plan, beat1), "output", store=store, meta=meta
+            )
+        except CommandError:
+            # No lesson will hold these runs; they cost money all the same.
+            await store.append_unordered([NewEvent.of(run_event(r, trace_id), meta) for r in runs])
+            raise
         model = runs[-1].model if runs else provider.name
     lesson_id, beat1_id = new_id(), new_id()
     lesson = NewLesson(

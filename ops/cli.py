@@ -5,6 +5,7 @@
     omnitutor hello-model                     the fast model tier says hello (P0 check)
     omnitutor bench lessons                   stream latency, capacity and delivery figures
     omnitutor events export|tail, omnitutor replay LESSON_ID   (ops/events_cli.py)
+    omnitutor ops purge | spend flag on|off | spend show   (ops/guardrails_cli.py)
 
 Each sub-command reads Settings from the environment once (web/settings.py).
 """
@@ -28,7 +29,7 @@ from eventstore.database import __file__ as _database_file
 from eventstore.errors import StoreError, translate_errors
 from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, reset
 from eventstore.queries import load_queries
-from ops import backup_cli, events_cli, lessons_cli, secrets_cli
+from ops import backup_cli, events_cli, guardrails_cli, lessons_cli, secrets_cli
 from web.logging import configure_logging
 from web.migrations import MIGRATIONS
 from web.settings import Settings
@@ -67,6 +68,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             access_log=False,
             timeout_graceful_shutdown=5,
             lifespan="on",
+            # The trusted-proxy rule is web/client_ip.py's (OMNITUTOR_TRUSTED_PROXIES); uvicorn's
+            # own would believe X-Forwarded-For from 127.0.0.1 before the app sees the peer.
+            proxy_headers=False,
         )
     return 0
 
@@ -188,6 +192,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     backup_cli.register(sub)
     lessons_cli.register(sub)
     events_cli.register(sub)
+    guardrails_cli.register(sub)
     return parser
 
 

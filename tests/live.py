@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import httpx
 import uvicorn
 
 from web.app import create_app
@@ -18,7 +21,13 @@ def serve_app(settings: Settings, database_url: str, deadline_s: float = 20.0) -
     """Run the app until the block exits; yields its base URL (http://127.0.0.1:PORT)."""
     app = create_app(settings, database_url)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, access_log=False, log_level="warning", lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=0,
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,  # as `omnitutor serve`: web/client_ip.py decides what to trust
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
@@ -34,3 +43,16 @@ def serve_app(settings: Settings, database_url: str, deadline_s: float = 20.0) -
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def with_idempotency_key(request: httpx.Request) -> None:
+    """httpx hook: give every POST a fresh Idempotency-Key, as the browser client does."""
+    if request.method == "POST" and "idempotency-key" not in request.headers:
+        request.headers["Idempotency-Key"] = str(uuid.uuid4())
+
+
+def student_client(base_url: str, **kwargs: Any) -> httpx.Client:
+    """An HTTP client that behaves like the product's browser client."""
+    return httpx.Client(
+        base_url=base_url, event_hooks={"request": [with_idempotency_key]}, **kwargs
+    )

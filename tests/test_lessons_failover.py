@@ -21,6 +21,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.live import student_client
 from tests.sse import Sse, read_stream, wait_for
 from tests.test_lessons_api import body_with, durable, named
 
@@ -85,7 +86,7 @@ def test_owner_killed_mid_lesson_other_process_finishes_it(db_url: str, tmp_path
         a_url, a_proc = stack.enter_context(serve_process(db_url, tmp_path / "a.log"))
         b_url, b_proc = stack.enter_context(serve_process(db_url, tmp_path / "b.log"))
         procs = {a_proc.pid: (a_url, a_proc), b_proc.pid: (b_url, b_proc)}
-        a = stack.enter_context(httpx.Client(base_url=a_url, timeout=30))
+        a = stack.enter_context(student_client(a_url, timeout=30))
         assert a.post("/v1/session").status_code == 201
         lesson_id = a.post("/v1/plan", json=body_with("topic", "Standing waves")).json()[
             "lesson_id"
@@ -122,7 +123,7 @@ def test_owner_killed_mid_lesson_other_process_finishes_it(db_url: str, tmp_path
         assert takeover_s < 10
 
         # The client reconnects to the survivor with the same session cookie.
-        b = stack.enter_context(httpx.Client(base_url=survivor_url, timeout=30, cookies=a.cookies))
+        b = stack.enter_context(student_client(survivor_url, timeout=30, cookies=a.cookies))
         rest = read_stream(b, lesson_id, received[-1].id, deadline_s=90)
         received += named(rest.events)
         assert received[-1].event == "lesson_complete"

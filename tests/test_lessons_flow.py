@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from tests.live import serve_app
+from tests.live import serve_app, student_client
 from tests.sse import read_stream
 
 PLAN_BODY: dict[str, Any] = {
@@ -42,14 +42,14 @@ def server(db_url: str) -> Iterator[str]:
 @contextmanager
 def client_for(base_url: str) -> Iterator[httpx.Client]:
     """A client with a fresh anonymous session."""
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with student_client(base_url, timeout=30) as client:
         assert client.post("/v1/session").status_code == 201
         yield client
 
 
 def test_plan_stream_complete(server: str) -> None:
     with client_for(server) as client:
-        r = client.post("/v1/plan", json=PLAN_BODY)
+        r = client.post("/v1/plan", json=PLAN_BODY, headers={"Idempotency-Key": "flow-1"})
         assert r.status_code == 200, r.text
         body = r.json()
         assert set(body) == {"ok", "lesson_id", "plan", "beat1", "trace_id"}

@@ -214,7 +214,9 @@ def test_deploy_roundtrip_pulls_writes_secrets_migrates_restarts_and_is_green(
         applied = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
     assert applied == [m.version for m in MIGRATIONS]
     units = sorted(p.name for p in Path(sandbox.env["OMNITUTOR_UNIT_DIR"]).iterdir())
-    assert units == ["omnitutor-backup.service", "omnitutor-backup.timer", "omnitutor.service"]
+    shipped = sorted(p.name for p in (ROOT / "ops" / "systemd").iterdir())
+    assert units == shipped
+    assert {"omnitutor.service", "omnitutor-backup.service", "omnitutor-backup.timer"} <= set(units)
     calls = (sandbox.state / "systemctl.log").read_text().splitlines()
     # units installed once (first deploy), the service restarted by each deploy
     assert calls == ["daemon-reload", "restart omnitutor", "restart omnitutor"]

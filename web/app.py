@@ -27,6 +27,7 @@ from eventstore.hub import Hub
 from eventstore.store import EventStore, Sequencer
 from web import health, lessons, sessions
 from web.errors import ApiError, error_response
+from web.idempotency import IdempotencyMiddleware
 from web.lesson_runtime import open_provider, open_supervisor
 from web.middleware import RequestContext
 from web.services import Services
@@ -115,7 +116,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
     return Starlette(
         routes=[*health.routes, *sessions.routes, *lessons.routes],
-        middleware=[Middleware(RequestContext)],
+        middleware=[Middleware(RequestContext), Middleware(IdempotencyMiddleware)],
         exception_handlers={
             HTTPException: on_http_exception,
             CommandError: on_command_error,

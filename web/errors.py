@@ -1,6 +1,25 @@
 """HTTP statuses for the error vocabulary, and the contract's error envelope (§11).
 
-This is the only place a code meets an HTTP status.
+This is the only place a code meets an HTTP status. Every non-2xx answer is
+`error_response()`; every SSE `error` event's data is `sse_error()`; both carry the same
+code, message, recoverable flag, retry_after_ms and trace id, and `error_response()` binds
+the code to the request's log context so the request's summary line carries it too.
+
+| code                   | status | when                                                     |
+|------------------------|--------|----------------------------------------------------------|
+| invalid_input          | 400    | malformed request, missing Idempotency-Key               |
+| unauthorized           | 401    | no valid session                                         |
+| not_found              | 404    | no such lesson (or not yours), no such route             |
+| method_not_allowed     | 405    | transport: the route exists, not for this method (Allow) |
+| conflict               | 409    | Idempotency-Key reused for another request (not          |
+|                        |        | recoverable) or still running (recoverable, retry later) |
+| payload_too_large      | 413    | transport: body over OMNITUTOR_MAX_BODY_BYTES            |
+| unsupported_media_type | 415    | transport: a JSON endpoint got another Content-Type      |
+| refused                | 422    | moderation blocked input or output (reason "safety")     |
+| over_quota             | 429    | rate limit or daily spend cap (Retry-After)              |
+| internal               | 500    | unexpected; the trace id finds the log lines             |
+| rate_limited           | 503    | the model API throttled us (Retry-After)                 |
+| model_unavailable      | 503    | the model provider is down                               |
 """
 
 from __future__ import annotations
@@ -8,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import structlog
 from starlette.responses import Response
 
 from commands.errors import CommandError, ErrorCode
@@ -66,7 +86,15 @@ def envelope(error: CommandError, trace_id: str) -> dict[str, Any]:
     return body
 
 
+def sse_error(error: CommandError, trace_id: str) -> dict[str, Any]:
+    """The data of an SSE `error` event (contracts §4): the envelope without `ok`."""
+    body = envelope(error, trace_id)
+    del body["ok"]
+    return body
+
+
 def error_response(error: CommandError, trace_id: str) -> Response:
+    structlog.contextvars.bind_contextvars(code=str(error.code))
     headers = {}
     if error.retry_after_ms is not None:
         headers["Retry-After"] = str(max(1, -(-error.retry_after_ms // 1000)))

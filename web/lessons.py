@@ -11,8 +11,10 @@ from commands import lesson_service
 from commands.errors import InvalidInput
 from commands.plan import Requester, create_lesson, validate_plan_body
 from commands.providers import Tier
+from commands.ratelimit import Bucket
 from eventstore.store import EventMeta
 from web.body import read_json_object
+from web.guardrails import admit, screen_input
 from web.services import services
 from web.sessions import current_principal
 from web.stream import LessonStream, StreamView, cursor_of
@@ -29,12 +31,17 @@ async def create_plan(request: Request) -> Response:
     principal = await current_principal(request)
     body = await read_json_object(request, svc.settings.max_body_bytes)
     data = validate_plan_body(body)
-    # Guardrails, wired here by the lead (branch `guardrails`), in this order:
-    #   1. idempotency key (Idempotency-Key; a stored response is returned as is)
-    #   2. rate limit (plan bucket, per IP or user)   3. spend cap (and OT_OVER_QUOTA)
-    #   4. input moderation of data.topic and data.intent.get("free_text")
-    # Then create_lesson: 5. model call (or the plan cache), 6. output moderation (its seam
-    # is marked in commands/plan.py), 7. append.
+    # Guardrails (docs/guardrails.md). The Idempotency-Key was claimed by its middleware
+    # before this ran; then the rate limit (plan bucket), the spend cap and input moderation,
+    # all before any model call. create_lesson moderates the model's output.
+    await admit(request, principal, Bucket.PLAN)
+    free_text = data.intent.get("free_text")
+    await screen_input(
+        request,
+        principal,
+        svc.provider,
+        {"topic": data.topic, "intent.free_text": free_text if isinstance(free_text, str) else ""},
+    )
     created = await create_lesson(
         svc.pool,
         svc.store,

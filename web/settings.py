@@ -6,10 +6,14 @@ environment file the deploy writes from AWS SSM Parameter Store (ops/).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _flag(value: str | None) -> bool:
@@ -36,6 +40,30 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
+def _decimal(env: Mapping[str, str], name: str, default: Decimal) -> Decimal:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise SystemExit(f"{name} must be a number of dollars >= 0, got {raw!r}")
+    return value
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
+    """Comma- or space-separated addresses or CIDRs ("127.0.0.1, 10.0.0.0/8, ::1")."""
+    networks: list[IPNetwork] = []
+    for item in (env.get(name) or "").replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SystemExit(f"{name}: {item!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None  # DATABASE_URL; None → embedded PostgreSQL 16
@@ -49,6 +77,14 @@ class Settings:
     pool_max: int = 10  # OMNITUTOR_POOL_MAX: database connections per process
     session_days: int = 30  # OMNITUTOR_SESSION_DAYS: session inactivity expiry
     sse_heartbeat_s: float = 15.0  # OMNITUTOR_SSE_HEARTBEAT_S
+    # Guardrails (docs/guardrails.md): rate limits per hour, trusted proxies, the spend cap.
+    limit_plan_anon_per_hour: int = 5  # OMNITUTOR_LIMIT_PLAN_ANON_PER_HOUR
+    limit_ask_anon_per_hour: int = 60  # OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR
+    limit_plan_user_per_hour: int = 30  # OMNITUTOR_LIMIT_PLAN_USER_PER_HOUR
+    limit_ask_user_per_hour: int = 300  # OMNITUTOR_LIMIT_ASK_USER_PER_HOUR
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # OMNITUTOR_TRUSTED_PROXIES
+    daily_cap_usd: Decimal = Decimal(50)  # OMNITUTOR_DAILY_CAP_USD
+    over_quota_forced: bool = False  # OT_OVER_QUOTA=1: refuse new generations from start-up
     # Lessons (docs/lessons.md): the model provider, generation and the SSE stream.
     provider: str = "offline"  # OMNITUTOR_PROVIDER: offline | anthropic (default: by key)
     anthropic_api_key: str | None = field(default=None, repr=False)  # ANTHROPIC_API_KEY
@@ -80,6 +116,13 @@ class Settings:
             pool_max=_int(e, "OMNITUTOR_POOL_MAX", 10),
             session_days=_int(e, "OMNITUTOR_SESSION_DAYS", 30),
             sse_heartbeat_s=_float(e, "OMNITUTOR_SSE_HEARTBEAT_S", 15.0),
+            limit_plan_anon_per_hour=_int(e, "OMNITUTOR_LIMIT_PLAN_ANON_PER_HOUR", 5),
+            limit_ask_anon_per_hour=_int(e, "OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR", 60),
+            limit_plan_user_per_hour=_int(e, "OMNITUTOR_LIMIT_PLAN_USER_PER_HOUR", 30),
+            limit_ask_user_per_hour=_int(e, "OMNITUTOR_LIMIT_ASK_USER_PER_HOUR", 300),
+            trusted_proxies=_networks(e, "OMNITUTOR_TRUSTED_PROXIES"),
+            daily_cap_usd=_decimal(e, "OMNITUTOR_DAILY_CAP_USD", Decimal(50)),
+            over_quota_forced=_flag(e.get("OT_OVER_QUOTA")),
             provider=_provider(e),
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
             anthropic_base_url=e.get("ANTHROPIC_BASE_URL") or None,

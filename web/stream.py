@@ -167,12 +167,15 @@ class StreamView:
                     "code": "conflict",
                     "message": "This lesson was abandoned.",
                     "recoverable": False,
+                    "trace_id": e.metadata.get("trace_id", ""),
                 }
                 return frame("error", data, eid), True
             case "error":
+                # The contract's error vocabulary, with the trace id of the failure.
                 data = {"code": p["code"], "message": p["message"], "recoverable": p["recoverable"]}
                 if p.get("retry_after_ms") is not None:
                     data["retry_after_ms"] = p["retry_after_ms"]
+                data["trace_id"] = p["trace_id"]
                 # An old error that generation has since moved past is history, not the end.
                 return frame("error", data, eid), seq >= self.stop_on_error_after
             case _:

@@ -178,12 +178,17 @@ def default_reply_text(request: RecordedRequest) -> str:
     return "Hello! This is the fake Messages API."
 
 
+def is_moderation(request: RecordedRequest) -> bool:
+    return request.system == prompts.MODERATION_SYSTEM
+
+
 class FakeAnthropic:
     """The scriptable server state plus its Starlette app; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._script: deque[Reply] = deque()
+        self._teaching_script: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
         self._ids = itertools.count(1)
         self.base_url = ""
@@ -195,6 +200,20 @@ class FakeAnthropic:
         """Queue replies, consumed one per request in order."""
         with self._lock:
             self._script.extend(replies)
+
+    def script_teaching(self, *replies: Reply) -> None:
+        """Queue replies for teaching calls only (plan, beats, answers), never moderation.
+
+        The guardrails screen every input with a moderation call first; a test about the
+        lesson flow scripts the lesson's calls without having to count those.
+        """
+        with self._lock:
+            self._teaching_script.extend(replies)
+
+    @property
+    def teaching_requests(self) -> list[RecordedRequest]:
+        """Requests other than moderation verdicts."""
+        return [r for r in self.requests if not is_moderation(r)]
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -216,6 +235,7 @@ class FakeAnthropic:
     def reset(self) -> None:
         with self._lock:
             self._script.clear()
+            self._teaching_script.clear()
             self._requests.clear()
 
     # ---- the server side ---------------------------------------------------------------
@@ -232,7 +252,10 @@ class FakeAnthropic:
             body=body,
         )
         with self._lock:
-            reply = self._script.popleft() if self._script else None
+            if self._teaching_script and not is_moderation(recorded):
+                reply: Reply | None = self._teaching_script.popleft()
+            else:
+                reply = self._script.popleft() if self._script else None
             self._requests.append(recorded)
             self._lock.notify_all()
         if reply is None:

@@ -1,0 +1,94 @@
+"""Moderation (contracts §10): student input and model output pass a safety classifier.
+
+`screen()` asks the provider's classifier about each non-blank text (concurrently; one
+call per field, so a refusal names the field), records every classifier call as a
+`model_run.recorded` event (purpose "moderation"), and on a refusal appends
+`safety.refused {stage, category, field}` and raises Refused (`refused`, reason "safety").
+The caller makes its main-model call only after `screen()` returned, so a refusal never
+costs one.
+
+It fails closed: when the classifier itself cannot answer, the request fails with
+`model_unavailable` (or `rate_limited`), never passes unscreened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from commands.errors import ModelUnavailable, RateLimited, Refused
+from commands.providers import ModelRun, Provider, ProviderError, Verdict
+from commands.providers import RateLimited as ProviderRateLimited
+from eventstore.events import ModelRunRecorded, SafetyRefused
+from eventstore.ids import new_id
+from eventstore.store import EventMeta, EventStore, NewEvent
+
+STAGES = ("input", "output")
+REFUSAL_MESSAGE = "I can't teach that one. Want to try something else?"
+
+
+def model_run_event(run: ModelRun, trace_id: str, beat_ord: int | None = None) -> ModelRunRecorded:
+    return ModelRunRecorded(
+        run_id=new_id(),
+        model=run.model,
+        purpose=run.purpose,
+        prompt_tokens=run.prompt_tokens,
+        completion_tokens=run.completion_tokens,
+        cost_usd=float(run.cost_usd),
+        latency_ms=run.latency_ms,
+        status=run.status,
+        trace_id=trace_id,
+        error_code=run.error_code,
+        beat_ord=beat_ord,
+    )
+
+
+async def screen(
+    provider: Provider,
+    texts: Mapping[str, str],
+    stage: str,
+    *,
+    store: EventStore,
+    meta: EventMeta,
+    lesson_id: str | None = None,
+) -> None:
+    """Pass every text through the classifier, or raise Refused (after recording why)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    fields = [(name, text) for name, text in texts.items() if text and text.strip()]
+    if not fields:
+        return
+    outcomes = await asyncio.gather(
+        *(provider.moderate(text, stage) for _, text in fields), return_exceptions=True
+    )
+    runs: list[ModelRun] = []
+    refusal: tuple[str, Verdict] | None = None
+    failure: ProviderError | None = None
+    for (name, _), outcome in zip(fields, outcomes, strict=True):
+        if isinstance(outcome, ProviderError):
+            runs.extend(outcome.runs)
+            failure = failure or outcome
+        elif isinstance(outcome, BaseException):
+            raise outcome  # a bug, not a classifier verdict: let it surface as internal
+        else:
+            runs.extend(outcome.runs)
+            if not outcome.value.allowed and refusal is None:
+                refusal = (name, outcome.value)
+    trace_id = meta.trace_id or ""
+    events = [NewEvent.of(model_run_event(run, trace_id), meta) for run in runs]
+    if refusal is not None:
+        name, verdict = refusal
+        category = verdict.category or "explicit_harm"
+        events.append(NewEvent.of(SafetyRefused(stage, category, name), meta))
+    await store.append_unordered(events, lesson_id=lesson_id)
+    if refusal is not None:
+        raise Refused(REFUSAL_MESSAGE, details={"reason": "safety", "field": refusal[0]})
+    if isinstance(failure, ProviderRateLimited):
+        raise RateLimited(
+            "Tutor is thinking too hard. Try again in a sec.",
+            retry_after_ms=failure.retry_after_ms,
+        )
+    if failure is not None:
+        raise ModelUnavailable(
+            "The safety check is unavailable right now. Try again soon.", retry_after_ms=2000
+        )

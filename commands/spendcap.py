@@ -1,0 +1,116 @@
+"""The daily spend cap (contracts §10): no new generation once the day's budget is spent.
+
+Checked before every plan and every generation start, before any model is called. New work
+is refused with `over_quota` when any of these holds:
+
+* today's spend (UTC day), summed from the `model_run.recorded` events so far, has reached
+  the cap (`OMNITUTOR_DAILY_CAP_USD`, default 50);
+* the `over_quota` service flag is on (`omnitutor spend flag on`, or the nightly job);
+* the process was started with `OT_OVER_QUOTA=1`.
+
+Lessons already streaming are not checked again and finish.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from commands.errors import OverQuota
+from eventstore.errors import translate_errors
+from eventstore.events import OverQuotaHit
+from eventstore.queries import load_queries
+from eventstore.store import EventMeta, EventStore, NewEvent
+
+_Q = load_queries(Path(__file__).parent / "sql" / "spendcap.sql")
+OVER_QUOTA_FLAG = "over_quota"
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+
+@dataclass(frozen=True)
+class SpendStatus:
+    spent_usd: Decimal
+    cap_usd: Decimal
+    flag_on: bool
+    flag_reason: str | None
+    forced: bool  # OT_OVER_QUOTA=1 at start-up
+
+    @property
+    def full(self) -> bool:
+        return self.forced or self.flag_on or self.spent_usd >= self.cap_usd
+
+    @property
+    def why(self) -> str:
+        if self.forced:
+            return "OT_OVER_QUOTA"
+        if self.flag_on:
+            return "flag"
+        return "cap" if self.spent_usd >= self.cap_usd else "none"
+
+
+def until_reset(now: datetime) -> timedelta:
+    """Time until the next UTC midnight, when the day's spend starts from zero."""
+    now = now.astimezone(UTC)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    return midnight - now
+
+
+def full_for_the_day(now: datetime) -> OverQuota:
+    left = until_reset(now)
+    hours = max(1, math.ceil(left / timedelta(hours=1)))
+    return OverQuota(
+        f"Tutor is full for the day · come back in {hours} hour{'s' if hours != 1 else ''}.",
+        retry_after_ms=max(1, math.ceil(left / timedelta(milliseconds=1))),
+        details={"scope": "global", "bucket": "spend"},
+    )
+
+
+async def spend_status(pool: Pool, cap_usd: Decimal, forced: bool = False) -> SpendStatus:
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(_Q["spend_status"], {"flag": OVER_QUOTA_FLAG})
+            row = await cur.fetchone()
+    assert row is not None  # FROM (SELECT 1) always yields one row
+    spent, flag, reason = row
+    return SpendStatus(Decimal(spent), cap_usd, bool(flag), reason, forced)
+
+
+async def enforce(
+    pool: Pool,
+    store: EventStore,
+    *,
+    cap_usd: Decimal,
+    forced: bool,
+    meta: EventMeta,
+    lesson_id: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Raise OverQuota (and append `over_quota.hit`) if the day's budget is used up."""
+    if not forced:
+        status = await spend_status(pool, cap_usd)
+        if not status.full:
+            return
+    error = full_for_the_day(now or datetime.now(UTC))
+    assert error.retry_after_ms is not None
+    await store.append_unordered(
+        [NewEvent.of(OverQuotaHit("global", "spend", error.retry_after_ms), meta)],
+        lesson_id=lesson_id,
+    )
+    raise error
+
+
+async def set_flag(pool: Pool, on: bool, reason: str | None = None) -> None:
+    """Turn the over-quota flag on or off (by hand, or from the nightly spend job)."""
+    with translate_errors():
+        async with pool.connection() as conn:
+            await conn.execute(
+                _Q["set_flag"], {"flag": OVER_QUOTA_FLAG, "value": on, "reason": reason}
+            )

@@ -1,0 +1,116 @@
+"""CLI commands for the guardrails.
+
+omnitutor ops purge                          delete expired idempotency keys and old
+                                             rate-limit slices (run hourly by a timer)
+omnitutor spend flag on|off [--reason TEXT]  the over-quota switch, by hand
+omnitutor spend show                         today's spend, the cap and the flag
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from commands import idempotency, ratelimit, spendcap
+from eventstore.database import database_url
+from web.settings import Settings
+
+T = TypeVar("T")
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _with_pool(settings: Settings, work: Callable[[Pool], Awaitable[T]]) -> T:
+    async def run(url: str) -> T:
+        async with AsyncConnectionPool(url, min_size=1, max_size=1, open=False) as pool:
+            return await work(pool)
+
+    with database_url(settings.database_url, settings.home) as url:
+        return asyncio.run(run(url))
+
+
+def cmd_ops_purge(args: argparse.Namespace, settings: Settings) -> int:
+    started = time.perf_counter()
+
+    async def purge(pool: Pool) -> tuple[int, int]:
+        keys = slices = 0
+        while n := await idempotency.purge_expired(pool, args.batch):
+            keys += n
+            say(f"  idempotency keys: {keys} deleted so far")
+        while n := await ratelimit.purge_old(pool, batch=args.batch):
+            slices += n
+            say(f"  rate-limit slices: {slices} deleted so far")
+        return keys, slices
+
+    keys, slices = _with_pool(settings, purge)
+    say(
+        f"purge: {keys} expired idempotency keys and {slices} old rate-limit slices deleted "
+        f"in {time.perf_counter() - started:.2f}s"
+    )
+    return 0
+
+
+def cmd_spend_flag(args: argparse.Namespace, settings: Settings) -> int:
+    on = args.state == "on"
+
+    async def flip(pool: Pool) -> spendcap.SpendStatus:
+        await spendcap.set_flag(pool, on, args.reason)
+        return await spendcap.spend_status(pool, settings.daily_cap_usd)
+
+    status = _with_pool(settings, flip)
+    say(
+        f"over-quota flag {'ON: new plans and generations are refused' if on else 'off'}"
+        f"{f' ({args.reason})' if args.reason else ''}; today's spend ${status.spent_usd:.5f} "
+        f"of ${status.cap_usd}"
+    )
+    return 0
+
+
+def cmd_spend_show(args: argparse.Namespace, settings: Settings) -> int:
+    status = _with_pool(settings, lambda pool: spendcap.spend_status(pool, settings.daily_cap_usd))
+    print(
+        f"spent_usd={status.spent_usd} cap_usd={status.cap_usd} "
+        f"flag={'on' if status.flag_on else 'off'} full={str(status.full).lower()}"
+    )
+    if status.flag_reason:
+        say(f"flag reason: {status.flag_reason}")
+    return 0
+
+
+def _subcommands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The sub-command group `name`, shared with other areas that register into it."""
+    parser = sub.choices.get(name)
+    if parser is None:
+        parser = sub.add_parser(name, help=help)
+    for action in parser._actions:  # argparse keeps a parser's sub-commands only here
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest=name, required=True)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ops = _subcommands(sub, "ops", "operational jobs")
+    purge = ops.add_parser("purge", help="delete expired idempotency keys and rate slices")
+    purge.add_argument("--batch", type=int, default=5000, help="rows per delete (default 5000)")
+    purge.set_defaults(handler=cmd_ops_purge)
+
+    spend = _subcommands(sub, "spend", "the daily spend cap")
+    flag = spend.add_parser("flag", help="turn the over-quota flag on or off")
+    flag.add_argument("state", choices=["on", "off"])
+    flag.add_argument("--reason", help="why (stored with the flag)")
+    flag.set_defaults(handler=cmd_spend_flag)
+    spend.add_parser("show", help="today's spend, the cap and the flag").set_defaults(
+        handler=cmd_spend_show
+    )

@@ -1,0 +1,134 @@
+"""The real app for the guardrail tests, with a model provider that fails on cue.
+
+`ScriptedProvider` is a fake implementing the real Provider interface: it delegates to the
+offline tutor, except that topics naming a failure make the classifier (or the plan call)
+fail that way, so a real HTTP request to the real `POST /v1/plan` can reach every error code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from decimal import Decimal
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from commands.providers import (
+    BeatContent,
+    DeltaCallback,
+    ModelRun,
+    Plan,
+    PlanRequest,
+    ProviderConfig,
+    Result,
+    Tier,
+    Verdict,
+)
+from commands.providers import ModelUnavailable as ProviderUnavailable
+from commands.providers import RateLimited as ProviderRateLimited
+from commands.providers.offline import OfflineProvider
+from web.app import create_app
+from web.settings import Settings
+
+THROTTLE_TOPIC = "throttle the classifier"
+OUTAGE_TOPIC = "classifier outage"
+CRASH_TOPIC = "crash the handler"
+HARMFUL_OUTPUT_TOPIC = "a topic whose lesson comes out harmful"
+
+
+def _failed_run(status: str) -> ModelRun:
+    return ModelRun("haiku-4-5", "moderation", 0, 0, Decimal(0), 1, status)
+
+
+class ScriptedProvider:
+    """The offline tutor, with failures on cue (see the module docstring)."""
+
+    name = "offline"
+
+    def __init__(self) -> None:
+        self._offline = OfflineProvider(ProviderConfig(kind="offline", offline_pace_ms=0))
+
+    async def plan(self, request: PlanRequest) -> Result[tuple[Plan, BeatContent]]:
+        if request.topic == CRASH_TOPIC:
+            raise RuntimeError("a bug in the handler")
+        result = await self._offline.plan(request)
+        if request.topic == HARMFUL_OUTPUT_TOPIC:
+            plan, beat1 = result.value
+            bad = BeatContent(beat1.content_json, "Here is how to build a bomb to hurt people.")
+            return Result((plan, bad), result.runs)
+        return result
+
+    async def beat(
+        self,
+        plan: Plan,
+        ord: int,
+        request: PlanRequest,
+        on_delta: DeltaCallback,
+        tier: Tier = Tier.STREAMING,
+    ) -> Result[BeatContent]:
+        return await self._offline.beat(plan, ord, request, on_delta, tier)
+
+    async def moderate(self, text: str, stage: str) -> Result[Verdict]:
+        if text == THROTTLE_TOPIC:
+            raise ProviderRateLimited("429", (_failed_run("rate_limited"),), retry_after_ms=1500)
+        if text == OUTAGE_TOPIC:
+            raise ProviderUnavailable("overloaded", (_failed_run("error"),))
+        return await self._offline.moderate(text, stage)
+
+    async def answer(
+        self, question: str, plan: Plan, ord: int, request: PlanRequest
+    ) -> Result[str]:
+        return await self._offline.answer(question, plan, ord, request)
+
+    async def hello(self) -> Result[str]:
+        return await self._offline.hello()
+
+    async def aclose(self) -> None:
+        await self._offline.aclose()
+
+
+def guarded_app(settings: Settings, database_url: str) -> Starlette:
+    """The real app, whose `POST /v1/plan` uses a ScriptedProvider instead of the offline one."""
+    app = create_app(settings, database_url)
+    opened = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
+        async with opened(app) as state:
+            app.state.services.provider = ScriptedProvider()
+            yield state
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+@contextmanager
+def serve(app: Starlette, deadline_s: float = 20.0) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread on a free port; yields its base URL."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,  # as `omnitutor serve`: web/client_ip.py decides what to trust
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-guardrails", daemon=True)
+    thread.start()
+    give_up = time.monotonic() + deadline_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > give_up:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)  # polling a flag uvicorn sets; there is no event to wait on
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
