@@ -1,0 +1,21 @@
+"""Every projection, in the order a rebuild of several applies them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from projections import lessons, model_runs
+from projections.core import Projection
+from projections.errors import UnknownProjection
+
+PROJECTIONS: tuple[Projection, ...] = (lessons.PROJECTION, model_runs.PROJECTION)
+BY_NAME = {p.name: p for p in PROJECTIONS}
+
+
+def select(names: Iterable[str] | None) -> tuple[Projection, ...]:
+    """The named projections (all of them for None or empty), in catalog order."""
+    wanted = list(names or [])
+    for name in wanted:
+        if name not in BY_NAME:
+            raise UnknownProjection(name, list(BY_NAME))
+    return tuple(p for p in PROJECTIONS if not wanted or p.name in wanted)
