@@ -13,6 +13,7 @@ from eventstore.events import (
     BeatCompleted,
     BeatStarted,
     DomainEvent,
+    InteractionRecorded,
     LessonCompleted,
     LessonCreated,
     ModelRunRecorded,
@@ -85,6 +86,7 @@ def simple_lesson(user_id: str, session_id: str, beats: int = 3) -> list[DomainE
             BeatStarted(i, beat_id, "concept", f"beat {i}", "sonnet-4-6"),
             BeatCompleted(i, beat_id, "concept", {"text": f"beat {i}"}, f"say {i}"),
             run(beat_ord=i),
+            InteractionRecorded(new_id(), "ask", {"q": f"why {i}?"}, {"a": "because"}, i),
         ]
     events.append(LessonCompleted(1234, {"sonnet": 0.01}))
     return events
