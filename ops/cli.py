@@ -2,6 +2,9 @@
 
     omnitutor serve [--host H] [--port P]     run the API (embedded PostgreSQL by default)
     omnitutor db url|migrate|reset|bootstrap|stop
+    omnitutor projections run|status|rebuild|skip|stop|start   (ops/projections_cli.py)
+    omnitutor spend aggregate|report                           (ops/projections_cli.py)
+    omnitutor bench projections                                (ops/bench_projections.py)
 
 Each sub-command reads Settings from the environment once (web/settings.py).
 """
@@ -24,6 +27,7 @@ from eventstore.database import __file__ as _database_file
 from eventstore.errors import StoreError, translate_errors
 from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, reset
 from eventstore.queries import load_queries
+from ops import bench_projections, projections_cli
 from web.logging import configure_logging
 from web.migrations import MIGRATIONS
 from web.settings import Settings
@@ -172,6 +176,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     b.add_argument("--role", default=APP_ROLE)
     b.add_argument("--app-password", help="password for the app role (default: generated)")
     b.set_defaults(handler=cmd_db_bootstrap)
+
+    projections_cli.register(sub)
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    bench_projections.register(bench)
     return parser
 
 

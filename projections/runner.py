@@ -114,10 +114,7 @@ class ProjectionRunner:
     # -- running -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run every projection until cancelled."""
-        with translate_errors():
-            async with self.pool.connection() as conn:
-                await ensure_checkpoints(conn, [p.name for p in self.projections])
+        """Run every projection until cancelled (a missing checkpoint row is created)."""
         tasks = [
             asyncio.create_task(self._loop(p), name=f"projection:{p.name}")
             for p in self.projections

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from commands.errors import CommandError, ErrorCode, Internal
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.store import EventStore, Sequencer
+from projections.runner import ProjectionRunner
 from web import health, sessions
 from web.errors import ApiError, error_response
 from web.middleware import RequestContext
@@ -53,9 +54,14 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
         await pool.open(wait=True, timeout=30)
         store = EventStore(pool)
-        sequencer = Sequencer(store)
+        projections = ProjectionRunner(pool, poll_s=settings.projections_poll_s)
+        sequencer = Sequencer(store, on_sequenced=projections.wake)
         app.state.services = Services(settings=settings, pool=pool, store=store)
-        tasks = [asyncio.create_task(sequencer.run(), name="sequencer")]
+        app.state.projections = projections  # `.wake()`: the seam for the log's wake-ups
+        tasks = [
+            asyncio.create_task(sequencer.run(), name="sequencer"),
+            asyncio.create_task(projections.run(), name="projections"),
+        ]
         try:
             yield
         finally:

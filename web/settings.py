@@ -49,6 +49,8 @@ class Settings:
     pool_max: int = 10  # OMNITUTOR_POOL_MAX: database connections per process
     session_days: int = 30  # OMNITUTOR_SESSION_DAYS: session inactivity expiry
     sse_heartbeat_s: float = 15.0  # OMNITUTOR_SSE_HEARTBEAT_S
+    daily_cap_usd: float = 50.0  # OMNITUTOR_DAILY_CAP_USD: spend cap per UTC day
+    projections_poll_s: float = 0.5  # OMNITUTOR_PROJECTIONS_POLL_S: runner's fallback poll
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,4 +67,6 @@ class Settings:
             pool_max=_int(e, "OMNITUTOR_POOL_MAX", 10),
             session_days=_int(e, "OMNITUTOR_SESSION_DAYS", 30),
             sse_heartbeat_s=_float(e, "OMNITUTOR_SSE_HEARTBEAT_S", 15.0),
+            daily_cap_usd=_float(e, "OMNITUTOR_DAILY_CAP_USD", 50.0),
+            projections_poll_s=_float(e, "OMNITUTOR_PROJECTIONS_POLL_S", 0.5),
         )
