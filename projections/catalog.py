@@ -12,10 +12,14 @@ PROJECTIONS: tuple[Projection, ...] = (lessons.PROJECTION, model_runs.PROJECTION
 BY_NAME = {p.name: p for p in PROJECTIONS}
 
 
-def select(names: Iterable[str] | None) -> tuple[Projection, ...]:
-    """The named projections (all of them for None or empty), in catalog order."""
+def select(names: Iterable[str | Projection] | None) -> tuple[Projection, ...]:
+    """The named projections (all of them for None or empty), in catalog order.
+
+    A Projection given as such (not by name) is taken as it is: tests run probes this way.
+    """
     wanted = list(names or [])
+    given = [p for p in wanted if isinstance(p, Projection)]
     for name in wanted:
-        if name not in BY_NAME:
+        if isinstance(name, str) and name not in BY_NAME:
             raise UnknownProjection(name, list(BY_NAME))
-    return tuple(p for p in PROJECTIONS if not wanted or p.name in wanted)
+    return tuple(p for p in PROJECTIONS if not wanted or p.name in wanted) + tuple(given)

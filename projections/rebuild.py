@@ -16,6 +16,7 @@ so the rebuilt tables equal the live ones.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 import structlog
 from psycopg import AsyncConnection, sql
+from psycopg import errors as pgerr
 from psycopg_pool import AsyncConnectionPool
 
 from eventstore.errors import StoreError, translate_errors
@@ -41,6 +43,7 @@ Pool = AsyncConnectionPool[AsyncConnection[Any]]
 Conn = AsyncConnection[Any]
 ProgressListener = Callable[[int, int], None]  # (events done, events in all)
 
+SWAP_LOCK_ATTEMPTS = 200
 _ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
 
@@ -284,10 +287,7 @@ class Rebuild:
         external = [fk for fk in fks if fk.table not in self.tables and fk.parent in self.tables]
         self._external = external
         others = sorted({fk.table for fk in external})
-        lock = sql.SQL(_Q["lock_tables"]).format(
-            tables=sql.SQL(", ").join(map(sql.Identifier, [*others, *reversed(self.tables)]))
-        )
-        await conn.execute(lock)
+        await self._lock_tables(conn, [*others, *reversed(self.tables)])
         old_indexes = {t: await self._indexes(conn, t) for t in self.tables}
         for fk in external:
             await conn.execute(
@@ -324,6 +324,28 @@ class Rebuild:
         await conn.execute(_Q["finish_rebuild"], {"names": self.names})
         log.info("rebuild swapped in", projections=self.names, position=head)
         return head, events
+
+    async def _lock_tables(self, conn: Conn, tables: Sequence[str]) -> None:
+        """Take the swap's exclusive locks without ever waiting long while holding some.
+
+        A reader may hold one of these tables and be about to read another that the swap
+        already locked; waiting on it would deadlock, and the deadlock detector might cancel
+        the reader. With a short lock_timeout the swap gives way instead (rolls back to a
+        savepoint, lets the readers through) and tries again.
+        """
+        lock = sql.SQL(_Q["lock_tables"]).format(
+            tables=sql.SQL(", ").join(map(sql.Identifier, tables))
+        )
+        for attempt in range(SWAP_LOCK_ATTEMPTS):
+            try:
+                async with conn.transaction():  # a savepoint
+                    await conn.execute(_Q["short_lock_timeout"])
+                    await conn.execute(lock)
+                    await conn.execute(_Q["no_lock_timeout"])
+                return
+            except pgerr.LockNotAvailable:
+                await asyncio.sleep(min(0.01 * (attempt + 1), 0.2))
+        raise RebuildBusy(f"could not lock {', '.join(tables)} for the swap; try again")
 
     async def _indexes(self, conn: Conn, table: str) -> list[tuple[str, tuple[Any, ...]]]:
         rows = await (await conn.execute(_Q["indexes"], {"table": table})).fetchall()

@@ -74,7 +74,7 @@ class ProjectionRunner:
     def __init__(
         self,
         pool: Pool,
-        projections: Iterable[str] | None = None,
+        projections: Iterable[str | Projection] | None = None,
         *,
         poll_s: float = 0.5,
         page_size: int = 2000,

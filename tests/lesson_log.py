@@ -3,7 +3,10 @@ tests insert them), lesson histories as domain events, and table digests."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import itertools
+import os
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from psycopg import sql
@@ -22,6 +25,8 @@ from eventstore.events import (
 )
 from eventstore.ids import new_id
 from eventstore.store import EventMeta, EventStore, NewEvent, StoredEvent
+
+_names = itertools.count()
 
 PROJECTED_TABLES = (
     "lessons",
@@ -118,3 +123,52 @@ async def digests(
             row = await (await conn.execute(query)).fetchone()
             out[table] = row[0] if row else None
     return out
+
+
+async def wait_until(check: Any, deadline_s: float = 10.0, interval: float = 0.02) -> None:
+    """Poll an async predicate until it holds, or fail at the deadline."""
+    import asyncio
+    import time
+
+    give_up = time.monotonic() + deadline_s
+    while not await check():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"condition not met within {deadline_s}s")
+        await asyncio.sleep(interval)  # polling a condition with a deadline
+
+
+async def checkpoint(pool: AsyncConnectionPool[Any], name: str) -> tuple[int, str, Any, Any]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT position, state, failed_position, error FROM projection_checkpoints "
+            "WHERE name = %s",
+            (name,),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0], row[1], row[2], row[3]
+
+
+async def scalar(pool: AsyncConnectionPool[Any], query: str, *params: Any) -> Any:
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query, params)).fetchone()  # type: ignore[arg-type]
+    return row[0] if row else None
+
+
+@contextlib.asynccontextmanager
+async def scratch_pool(admin_url: str, template: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """A pool on a fresh database from the migrated template (one per hypothesis example)."""
+    from tests.conftest import create_database, drop_database
+    from web.app import configure_connection
+
+    name = f"ot_h_{os.getpid()}_{next(_names)}"
+    url = create_database(admin_url, name, template=template)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url, min_size=1, max_size=3, open=False, configure=configure_connection
+    )
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        drop_database(admin_url, name)

@@ -3,17 +3,11 @@ projections equal a fresh rebuild from position 0, table by table."""
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg_pool import AsyncConnectionPool
 
 from eventstore.events import (
     AudioReady,
@@ -34,11 +28,9 @@ from eventstore.ids import new_id
 from eventstore.store import EventMeta, EventStore, NewEvent
 from projections.rebuild import Rebuild
 from projections.runner import ProjectionRunner
-from tests.conftest import create_database, drop_database
-from tests.lesson_log import digests, plan, run, user_and_session
+from tests.lesson_log import digests, plan, run, scratch_pool, user_and_session
 
 pytestmark = pytest.mark.anyio
-_names = itertools.count()
 
 ACTIONS = (
     "start",
@@ -130,23 +122,6 @@ histories = st.lists(
     max_size=4,
 )
 schedule = st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3), st.integers(0, 2)), max_size=40)
-
-
-@contextlib.asynccontextmanager
-async def scratch_pool(admin_url: str, template: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    from web.app import configure_connection
-
-    name = f"ot_h_{os.getpid()}_{next(_names)}"
-    url = create_database(admin_url, name, template=template)
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        url, min_size=1, max_size=3, open=False, configure=configure_connection
-    )
-    await pool.open(wait=True)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-        drop_database(admin_url, name)
 
 
 @settings(

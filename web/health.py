@@ -33,9 +33,12 @@ async def readyz(request: Request) -> Response:
         checks["migrations"] = "; ".join(issues) if issues else "ok"
         if not issues:
             failed = await failures(services(request).pool)
-            checks["projections"] = "; ".join(
-                f"{f.name} failed at position {f.failed_position}: {f.error}" for f in failed
-            ) or "ok"
+            checks["projections"] = (
+                "; ".join(
+                    f"{f.name} failed at position {f.failed_position}: {f.error}" for f in failed
+                )
+                or "ok"
+            )
     except (StoreError, TimeoutError) as e:
         checks["database"] = f"unavailable: {e}"
     if "migrations" in checks and all(v == "ok" for v in checks.values()):

@@ -78,6 +78,12 @@ ALTER INDEX {index} RENAME TO {name};
 -- name: lock_tables
 LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE;
 
+-- name: short_lock_timeout
+SET LOCAL lock_timeout = '100ms';
+
+-- name: no_lock_timeout
+SET LOCAL lock_timeout = 0;
+
 -- name: role_exists
 SELECT 1 FROM pg_roles WHERE rolname = %(role)s;
 
