@@ -65,3 +65,36 @@ async def test_rebuild_equals_live_and_keeps_the_schema(pool: AsyncConnectionPoo
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT count(*) FROM projection_rebuilds")
         assert await cur.fetchone() == (0,)
+
+
+class Interrupted(Exception):
+    pass
+
+
+async def test_an_interrupted_rebuild_resumes_where_it_stopped(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    store = EventStore(pool)
+    user_id, session_id = await user_and_session(pool)
+    for _ in range(4):
+        await append_lesson(store, new_id(), session_id, simple_lesson(user_id, session_id))
+    await store.sequence()
+    await ProjectionRunner(pool).catch_up()
+    live = await digests(pool)
+
+    def interrupt(done: int, total: int) -> None:
+        if done >= total // 2:
+            raise Interrupted  # as Ctrl-C would, between two pages
+
+    with pytest.raises(Interrupted):
+        await Rebuild(pool, page_size=5, on_progress=interrupt).run()
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT min(position), count(*) FROM projection_rebuilds")
+        stopped_at, rows = await cur.fetchone()  # type: ignore[misc]
+    assert rows == 2
+    assert stopped_at > 0
+    assert await digests(pool) == live  # the live tables were never touched
+    result = await Rebuild(pool, page_size=5).run()
+    assert result.resumed_from == stopped_at
+    assert result.positions == await store.head_position() - stopped_at
+    assert await digests(pool) == live
