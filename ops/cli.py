@@ -3,9 +3,11 @@
     omnitutor serve [--host H] [--port P]     run the API (embedded PostgreSQL by default)
     omnitutor db url|migrate|reset|bootstrap|stop
     omnitutor hello-model                     the fast model tier says hello (P0 check)
-    omnitutor bench lessons                   stream latency, capacity and delivery figures
     omnitutor events export|tail, omnitutor replay LESSON_ID   (ops/events_cli.py)
     omnitutor ops purge | spend flag on|off | spend show   (ops/guardrails_cli.py)
+    omnitutor projections run|status|rebuild|skip|stop|start   (ops/projections_cli.py)
+    omnitutor spend aggregate|report                           (ops/projections_cli.py)
+    omnitutor bench lessons|projections|eventstore             benchmarks, figures on stdout
 
 Each sub-command reads Settings from the environment once (web/settings.py).
 """
@@ -29,7 +31,15 @@ from eventstore.database import __file__ as _database_file
 from eventstore.errors import StoreError, translate_errors
 from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, reset
 from eventstore.queries import load_queries
-from ops import backup_cli, events_cli, guardrails_cli, lessons_cli, secrets_cli
+from ops import (
+    backup_cli,
+    bench_projections,
+    events_cli,
+    guardrails_cli,
+    lessons_cli,
+    projections_cli,
+    secrets_cli,
+)
 from web.logging import configure_logging
 from web.migrations import MIGRATIONS
 from web.settings import Settings
@@ -193,6 +203,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     lessons_cli.register(sub)
     events_cli.register(sub)
     guardrails_cli.register(sub)
+    projections_cli.register(sub)
+    bench_projections.register(lessons_cli.bench_area(sub))
     return parser
 
 

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from commands import idempotency, ratelimit, spendcap
 from eventstore.database import database_url
+from ops.commands import command_group
 from web.settings import Settings
 
 T = TypeVar("T")
@@ -87,26 +88,13 @@ def cmd_spend_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _subcommands(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    """The sub-command group `name`, shared with other areas that register into it."""
-    parser = sub.choices.get(name)
-    if parser is None:
-        parser = sub.add_parser(name, help=help)
-    for action in parser._actions:  # argparse keeps a parser's sub-commands only here
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest=name, required=True)
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ops = _subcommands(sub, "ops", "operational jobs")
+    ops = command_group(sub, "ops", "operational jobs")
     purge = ops.add_parser("purge", help="delete expired idempotency keys and rate slices")
     purge.add_argument("--batch", type=int, default=5000, help="rows per delete (default 5000)")
     purge.set_defaults(handler=cmd_ops_purge)
 
-    spend = _subcommands(sub, "spend", "the daily spend cap")
+    spend = command_group(sub, "spend", "the daily spend cap")
     flag = spend.add_parser("flag", help="turn the over-quota flag on or off")
     flag.add_argument("state", choices=["on", "off"])
     flag.add_argument("--reason", help="why (stored with the flag)")

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from commands.providers import ProviderError
+from ops.commands import Subparsers, command_group
 from web.lesson_runtime import open_provider
 from web.settings import Settings
 
@@ -40,13 +41,9 @@ def cmd_hello_model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def bench_area(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> Any:
-    """The `bench` command's own sub-command list, created by whichever area comes first."""
-    bench = subparsers.choices.get("bench")
-    if bench is None:
-        bench = subparsers.add_parser("bench", help="benchmarks; figures on stdout")
-        bench.set_defaults(bench_areas=bench.add_subparsers(dest="area", required=True))
-    return bench.get_default("bench_areas")
+def bench_area(subparsers: Subparsers[Any]) -> Subparsers[Any]:
+    """The `bench` command's own sub-command list, shared by every area's benchmark."""
+    return command_group(subparsers, "bench", "benchmarks; figures on stdout")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ops.commands import command_group
 from ops.secrets import SecretsError, fetch, normalise_path, render, to_environment, write_private
 from web.settings import Settings
 
@@ -52,8 +53,7 @@ def cmd_secrets_env(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    ops = subparsers.add_parser("ops", help="production operations")
-    sub = ops.add_subparsers(dest="ops", required=True)
+    sub = command_group(subparsers, "ops", "production operations")
     s = sub.add_parser(
         "secrets-env",
         help="write an environment file from SSM Parameter Store (names printed, never values)",

@@ -25,6 +25,7 @@ from commands.errors import CommandError, ErrorCode, Internal
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
 from eventstore.store import EventStore, Sequencer
+from projections.runner import ProjectionRunner
 from web import health, lessons, sessions
 from web.errors import ApiError, error_response
 from web.idempotency import IdempotencyMiddleware
@@ -57,7 +58,13 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         await pool.open(wait=True, timeout=30)
         store = EventStore(pool)
         hub = Hub(store, database_url)
-        sequencer = Sequencer(store, on_sequenced=hub.wake)
+        projections = ProjectionRunner(pool, poll_s=settings.projections_poll_s)
+
+        def log_moved() -> None:
+            hub.wake()
+            projections.wake()
+
+        sequencer = Sequencer(store, on_sequenced=log_moved)
         provider = open_provider(settings)
         supervisor = open_supervisor(settings, pool, store, provider)
         app.state.services = Services(
@@ -72,6 +79,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             asyncio.create_task(sequencer.run(), name="sequencer"),
             asyncio.create_task(hub.run(), name="hub"),
             asyncio.create_task(supervisor.run(), name="generation-supervisor"),
+            asyncio.create_task(projections.run(), name="projections"),
         ]
         try:
             yield

@@ -11,6 +11,7 @@ from starlette.routing import Route
 from commands.errors import Internal
 from eventstore.errors import StoreError
 from eventstore.migrations import applied_checksums, problems
+from projections.checkpoints import failures
 from web.errors import error_response
 from web.migrations import MIGRATIONS
 from web.services import services
@@ -30,6 +31,14 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "ok"
         issues = problems(applied, MIGRATIONS)
         checks["migrations"] = "; ".join(issues) if issues else "ok"
+        if not issues:
+            failed = await failures(services(request).pool)
+            checks["projections"] = (
+                "; ".join(
+                    f"{f.name} failed at position {f.failed_position}: {f.error}" for f in failed
+                )
+                or "ok"
+            )
     except (StoreError, TimeoutError) as e:
         checks["database"] = f"unavailable: {e}"
     if "migrations" in checks and all(v == "ok" for v in checks.values()):

@@ -100,6 +100,8 @@ class Settings:
     max_generations: int = 100  # OMNITUTOR_MAX_GENERATIONS: lessons one process generates
     sse_send_timeout_s: float = 10.0  # OMNITUTOR_SSE_SEND_TIMEOUT_S: drop a stalled reader
     sse_retry_ms: int = 1000  # OMNITUTOR_SSE_RETRY_MS: the stream's `retry:` field
+    # Projections (docs/projections.md).
+    projections_poll_s: float = 0.5  # OMNITUTOR_PROJECTIONS_POLL_S: runner's fallback poll
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +139,7 @@ class Settings:
             max_generations=_int(e, "OMNITUTOR_MAX_GENERATIONS", 100),
             sse_send_timeout_s=_float(e, "OMNITUTOR_SSE_SEND_TIMEOUT_S", 10.0),
             sse_retry_ms=_int(e, "OMNITUTOR_SSE_RETRY_MS", 1000),
+            projections_poll_s=_float(e, "OMNITUTOR_PROJECTIONS_POLL_S", 0.5),
         )
 
 
