@@ -172,8 +172,6 @@ CONTRACT_FOREIGN_KEYS = {
     ("interactions", "beats"),
     ("assets", "lessons"),
     ("assets", "beats"),
-    ("model_runs", "lessons"),
-    ("model_runs", "beats"),
     ("magic_links", "users"),
     ("topics", "subjects"),
     ("lessons", "subjects"),
