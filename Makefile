@@ -36,7 +36,9 @@ typecheck: venv
 check: lint typecheck test
 
 bench: venv
-	$(BIN)/omnitutor bench all
+	$(BIN)/omnitutor bench eventstore
+	$(BIN)/omnitutor bench projections
+	$(BIN)/omnitutor bench lessons
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
