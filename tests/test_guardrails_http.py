@@ -428,3 +428,26 @@ def test_failure_log_lines_carry_the_code_and_trace_id(db_url: str) -> None:
     assert len(summary) == 1
     assert summary[0]["code"] == "refused"
     assert summary[0]["status"] == 422
+
+
+def test_spend_cap_applies_when_generation_starts_but_streaming_lessons_finish(
+    db_url: str,
+) -> None:
+    with running(db_url) as base, session(base) as client:
+        first = post_plan(client, "before-cap").json()["lesson_id"]
+        second = post_plan(client, "also-before", body=plan_body("Kepler's laws")).json()
+        streaming = client.get(f"/v1/lesson/{first}/stream")
+        assert streaming.status_code == 200  # locked and generated before the cap is hit
+        assert omnitutor(["spend", "flag", "on", "--reason", "cap at generation"], db_url) == 0
+        runs_before = len(events(db_url, "model_run.recorded"))
+        refused = client.get(f"/v1/lesson/{second['lesson_id']}/stream")
+        assert_envelope(refused, "over_quota")
+        assert "Tutor is full for the day" in refused.json()["message"]
+        assert len(events(db_url, "plan.locked")) == 1  # the refused lesson was not locked
+        assert len(events(db_url, "model_run.recorded")) == runs_before
+        # A lesson locked before the cap is not refused: it streams (here, replays) to the end.
+        again = client.get(f"/v1/lesson/{first}/stream")
+        assert again.status_code == 200
+        assert "event: lesson_complete" in again.text
+        assert omnitutor(["spend", "flag", "off"], db_url) == 0
+        assert client.get(f"/v1/lesson/{second['lesson_id']}/stream").status_code == 200

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from commands import lesson_service
+from commands import lesson_service, spendcap
 from commands.errors import InvalidInput
 from commands.plan import Requester, create_lesson, validate_plan_body
 from commands.providers import Tier
@@ -116,6 +116,17 @@ async def stream_lesson(request: Request) -> Response:
     if state.finished and cursor >= state.ended_seq:
         return Response(status_code=204)  # nothing more, ever: EventSource stops here
     meta = EventMeta(_trace_id(request), principal.user_id, principal.session_id)
+    if not state.locked and not state.finished:
+        # Opening the stream starts generation, new spend: the daily cap applies here too.
+        # A lesson already locked keeps streaming whatever the day's spend.
+        await spendcap.enforce(
+            svc.pool,
+            svc.store,
+            cap_usd=svc.settings.daily_cap_usd,
+            forced=svc.settings.over_quota_forced,
+            meta=meta,
+            lesson_id=lesson_id,
+        )
     events, state = await lesson_service.open_stream(svc.store, svc.supervisor, events, state, meta)
     view = StreamView.of(lesson_id, events, state)
     settings = svc.settings
