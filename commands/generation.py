@@ -40,7 +40,8 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from commands import providers
+from commands import moderation, providers
+from commands.errors import CommandError
 from commands.lessons import (
     ABANDONED,
     COMPLETE,
@@ -275,6 +276,13 @@ class LessonWorker:
                 await self.record(e.runs, ord)
                 break
             runs = [run_event(r, self.trace_id, beat_ord=ord) for r in result.runs]
+            try:
+                await self.screen_output(result.value)
+            except CommandError as e:
+                # The beat cost money whatever the verdict: record its runs, then fail it.
+                await self.record(result.runs, ord)
+                await self.fail(ord, None, refusal=e)
+                return False
             await self.commit(
                 partial(
                     decide_complete_beat,
@@ -291,13 +299,32 @@ class LessonWorker:
         await self.fail(ord, failure)
         return False
 
+    async def screen_output(self, content: providers.BeatContent) -> None:
+        """Output moderation (contracts §10): a generated beat is scanned before it is kept."""
+        body = str(content.content_json.get("body", ""))
+        await moderation.screen(
+            self.provider,
+            {"beat": f"{content.narration_text}\n{body}"},
+            "output",
+            store=self.store,
+            meta=self.meta,
+            lesson_id=self.lesson_id,
+        )
+
     async def record(self, runs: Sequence[providers.ModelRun], ord: int) -> None:
         events = [run_event(r, self.trace_id, beat_ord=ord) for r in runs]
         if events:
             await self.commit(lambda s: list(events))
 
-    async def fail(self, ord: int, error: providers.ProviderError | None) -> None:
-        if isinstance(error, providers.RateLimited):
+    async def fail(
+        self,
+        ord: int,
+        error: providers.ProviderError | None,
+        refusal: CommandError | None = None,
+    ) -> None:
+        if refusal is not None:
+            code, message, retry = str(refusal.code), refusal.message, refusal.retry_after_ms
+        elif isinstance(error, providers.RateLimited):
             code, message, retry = (
                 "rate_limited",
                 "Tutor is thinking too hard. Reconnect in a moment to continue.",

@@ -38,6 +38,7 @@ THROTTLE_TOPIC = "throttle the classifier"
 OUTAGE_TOPIC = "classifier outage"
 CRASH_TOPIC = "crash the handler"
 HARMFUL_OUTPUT_TOPIC = "a topic whose lesson comes out harmful"
+HARMFUL_BEAT_TOPIC = "a topic whose second beat comes out harmful"
 
 
 def _failed_run(status: str) -> ModelRun:
@@ -70,7 +71,11 @@ class ScriptedProvider:
         on_delta: DeltaCallback,
         tier: Tier = Tier.STREAMING,
     ) -> Result[BeatContent]:
-        return await self._offline.beat(plan, ord, request, on_delta, tier)
+        result = await self._offline.beat(plan, ord, request, on_delta, tier)
+        if request.topic == HARMFUL_BEAT_TOPIC.lower() and ord == 2:
+            bad = BeatContent(result.value.content_json, "Step one: build a bomb to hurt people.")
+            return Result(bad, result.runs)
+        return result
 
     async def moderate(self, text: str, stage: str) -> Result[Verdict]:
         if text == THROTTLE_TOPIC:
@@ -99,7 +104,9 @@ def guarded_app(settings: Settings, database_url: str) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Any]:
         async with opened(app) as state:
-            app.state.services.provider = ScriptedProvider()
+            scripted = ScriptedProvider()
+            app.state.services.provider = scripted
+            app.state.services.supervisor.provider = scripted  # generation uses it too
             yield state
 
     app.router.lifespan_context = lifespan

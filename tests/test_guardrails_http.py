@@ -26,6 +26,7 @@ from ops.cli import build_parser
 from tests.conftest import make_settings
 from tests.guarded_app import (
     CRASH_TOPIC,
+    HARMFUL_BEAT_TOPIC,
     HARMFUL_OUTPUT_TOPIC,
     OUTAGE_TOPIC,
     THROTTLE_TOPIC,
@@ -451,3 +452,21 @@ def test_spend_cap_applies_when_generation_starts_but_streaming_lessons_finish(
         assert "event: lesson_complete" in again.text
         assert omnitutor(["spend", "flag", "off"], db_url) == 0
         assert client.get(f"/v1/lesson/{second['lesson_id']}/stream").status_code == 200
+
+
+def test_a_generated_beat_is_screened_and_a_harmful_one_is_refused(db_url: str) -> None:
+    with running(db_url) as base, session(base) as client:
+        body = plan_body(HARMFUL_BEAT_TOPIC)
+        lesson_id = post_plan(client, "harmful-beat", body=body).json()["lesson_id"]
+        stream = client.get(f"/v1/lesson/{lesson_id}/stream")
+    assert stream.status_code == 200
+    assert "event: error" in stream.text
+    assert '"code":"refused"' in stream.text.replace(" ", "")
+    refused = events(db_url, "safety.refused")
+    assert [(e["stage"], e["field"]) for e in refused] == [("output", "beat")]
+    failed = events(db_url, "beat.failed")
+    assert [(e["ord"], e["code"]) for e in failed] == [(2, "refused")]
+    completed = {e["ord"] for e in events(db_url, "beat.completed")}
+    assert 2 not in completed
+    beat_runs = [e for e in events(db_url, "model_run.recorded") if e.get("beat_ord") == 2]
+    assert any(run["purpose"] != "moderation" for run in beat_runs)  # its cost is recorded
