@@ -17,30 +17,14 @@ import asyncio
 from collections.abc import Mapping
 
 from commands.errors import ModelUnavailable, RateLimited, Refused
+from commands.lessons import run_event
 from commands.providers import ModelRun, Provider, ProviderError, Verdict
 from commands.providers import RateLimited as ProviderRateLimited
-from eventstore.events import ModelRunRecorded, SafetyRefused
-from eventstore.ids import new_id
+from eventstore.events import SafetyRefused
 from eventstore.store import EventMeta, EventStore, NewEvent
 
 STAGES = ("input", "output")
 REFUSAL_MESSAGE = "I can't teach that one. Want to try something else?"
-
-
-def model_run_event(run: ModelRun, trace_id: str, beat_ord: int | None = None) -> ModelRunRecorded:
-    return ModelRunRecorded(
-        run_id=new_id(),
-        model=run.model,
-        purpose=run.purpose,
-        prompt_tokens=run.prompt_tokens,
-        completion_tokens=run.completion_tokens,
-        cost_usd=float(run.cost_usd),
-        latency_ms=run.latency_ms,
-        status=run.status,
-        trace_id=trace_id,
-        error_code=run.error_code,
-        beat_ord=beat_ord,
-    )
 
 
 async def screen(
@@ -75,7 +59,7 @@ async def screen(
             if not outcome.value.allowed and refusal is None:
                 refusal = (name, outcome.value)
     trace_id = meta.trace_id or ""
-    events = [NewEvent.of(model_run_event(run, trace_id), meta) for run in runs]
+    events = [NewEvent.of(run_event(run, trace_id), meta) for run in runs]
     if refusal is not None:
         name, verdict = refusal
         category = verdict.category or "explicit_harm"

@@ -7,14 +7,11 @@ fail that way, so a real HTTP request to the real `POST /v1/plan` can reach ever
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 
 from commands.providers import (
@@ -111,31 +108,3 @@ def guarded_app(settings: Settings, database_url: str) -> Starlette:
 
     app.router.lifespan_context = lifespan
     return app
-
-
-@contextmanager
-def serve(app: Starlette, deadline_s: float = 20.0) -> Iterator[str]:
-    """Serve `app` with uvicorn in a thread on a free port; yields its base URL."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        access_log=False,
-        log_level="warning",
-        lifespan="on",
-        proxy_headers=False,  # as `omnitutor serve`: web/client_ip.py decides what to trust
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-guardrails", daemon=True)
-    thread.start()
-    give_up = time.monotonic() + deadline_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > give_up:
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)  # polling a flag uvicorn sets; there is no event to wait on
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)

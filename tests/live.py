@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import ASGIApp
 
 from web.app import create_app
 from web.settings import Settings
@@ -19,7 +20,13 @@ from web.settings import Settings
 @contextmanager
 def serve_app(settings: Settings, database_url: str, deadline_s: float = 20.0) -> Iterator[str]:
     """Run the app until the block exits; yields its base URL (http://127.0.0.1:PORT)."""
-    app = create_app(settings, database_url)
+    with serve(create_app(settings, database_url), deadline_s) as base_url:
+        yield base_url
+
+
+@contextmanager
+def serve(app: ASGIApp, deadline_s: float = 20.0) -> Iterator[str]:
+    """Serve any ASGI app with uvicorn in a thread on a free port; yields its base URL."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

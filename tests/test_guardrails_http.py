@@ -31,8 +31,8 @@ from tests.guarded_app import (
     OUTAGE_TOPIC,
     THROTTLE_TOPIC,
     guarded_app,
-    serve,
 )
+from tests.live import serve
 from web.errors import STATUS
 from web.settings import Settings
 

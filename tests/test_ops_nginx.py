@@ -25,8 +25,8 @@ import anyio
 import httpx
 import orjson
 import pytest
-import uvicorn
 
+from tests import live
 from tests.conftest import make_settings
 from web.app import create_app
 from web.settings import Settings
@@ -179,23 +179,10 @@ class Probe:
 
 
 @contextmanager
-def serve(app: ASGIApp, deadline_s: float = 20) -> Iterator[int]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, access_log=False, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-nginx-test", daemon=True)
-    thread.start()
-    give_up = time.monotonic() + deadline_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > give_up:
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)  # polling a flag uvicorn sets; there is no event to wait on
-    try:
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+def serve(app: ASGIApp) -> Iterator[int]:
+    """The app on a free local port (tests/live.py); yields the port nginx proxies to."""
+    with live.serve(app) as base_url:
+        yield int(base_url.rsplit(":", 1)[1])
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
     await admit(request, principal, Bucket.PLAN)             # rate limit, then spend cap
     await screen_input(request, principal, provider, {"topic": topic, ...})
     result = await provider.plan(...)                        # the model call
-    await screen_output(request, principal, provider, {"beat1": narration, ...})
     ... append the lesson's events ...
 
 Each step raises a CommandError (`over_quota`, `refused`, `model_unavailable` …) that the
@@ -89,25 +88,6 @@ async def screen_input(
         provider,
         texts,
         "input",
-        store=svc.store,
-        meta=event_meta(request, principal),
-        lesson_id=lesson_id,
-    )
-
-
-async def screen_output(
-    request: Request,
-    principal: Principal,
-    provider: Provider,
-    texts: Mapping[str, str],
-    *,
-    lesson_id: str | None = None,
-) -> None:
-    svc = services(request)
-    await moderation.screen(
-        provider,
-        texts,
-        "output",
         store=svc.store,
         meta=event_meta(request, principal),
         lesson_id=lesson_id,
