@@ -3,6 +3,7 @@
     omnitutor serve [--host H] [--port P]     run the API (embedded PostgreSQL by default)
     omnitutor db url|migrate|reset|bootstrap|stop
     omnitutor events export|tail, omnitutor replay LESSON_ID   (ops/events_cli.py)
+    omnitutor bench eventstore [--events N]                   (ops/bench_eventstore.py)
 
 Each sub-command reads Settings from the environment once (web/settings.py).
 """
@@ -25,7 +26,7 @@ from eventstore.database import __file__ as _database_file
 from eventstore.errors import StoreError, translate_errors
 from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, reset
 from eventstore.queries import load_queries
-from ops import events_cli
+from ops import bench_eventstore, events_cli
 from web.logging import configure_logging
 from web.migrations import MIGRATIONS
 from web.settings import Settings
@@ -175,6 +176,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     b.add_argument("--app-password", help="password for the app role (default: generated)")
     b.set_defaults(handler=cmd_db_bootstrap)
     events_cli.register(sub)
+    bench_eventstore.register(sub)
     return parser
 
 
