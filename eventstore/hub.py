@@ -67,17 +67,21 @@ class Subscription:
         self._registered = False
         self._closed = False
         self._pending: deque[StoredEvent] = deque()  # for __anext__
+        self._high = after  # highest key buffered or handed over
 
     # -- called by the hub (synchronous: it never waits for a subscriber) --
 
     def _deliver(self, events: Sequence[StoredEvent]) -> None:
         if self._closed:
             return
+        if events and self._key(events[-1]) <= self._high:
+            return  # already delivered (directly, then again by the tail): no wake-up
         if len(self._buffer) + len(events) > self._buffer_size:
             # Fallen behind: drop what is buffered and read the log from our own cursor.
             self._resync()
         else:
             self._buffer.extend(events)
+            self._high = max(self._high, self._key(events[-1]))
             self._ready.set()
 
     def _resync(self) -> None:
@@ -115,6 +119,7 @@ class Subscription:
                     # (or will be) in the buffer.
                     self._behind = False
                 fresh, _ = self._take(page, from_log=True)
+                self._high = max(self._high, self.cursor)
                 if fresh:
                     return fresh
                 continue

@@ -44,6 +44,7 @@ CORE: tuple[Migration, ...] = (
     Migration(0, "schema_v0", ROOT / "schema_v0.sql"),
     Migration(2, "schema_v2", ROOT / "schema_v2.sql"),
     Migration(3, "event_log", Path(__file__).parent / "sql" / "schema_v3.sql"),
+    Migration(4, "sequencer_function", Path(__file__).parent / "sql" / "schema_v4.sql"),
 )
 
 

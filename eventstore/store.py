@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -148,7 +149,7 @@ class EventStore:
         }
         try:
             with translate_errors():
-                async with self.pool.connection() as conn:
+                async with self._connection() as conn:
                     cur = await conn.execute(_Q["append_lesson"], params)
                     stored = sorted(map(_row, await cur.fetchall()), key=_seq)
         except UniqueKeyTaken:
@@ -165,7 +166,7 @@ class EventStore:
     ) -> list[StoredEvent]:
         ids = [e.id for e in events]
         with translate_errors():
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 found = {
                     s.id: s
                     for s in map(
@@ -200,7 +201,7 @@ class EventStore:
             "metadata": [orjson.dumps(e.meta.as_json()).decode() for e in events],
         }
         with translate_errors():
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 new = list(
                     map(_row, await (await conn.execute(_Q["append_unordered"], params)).fetchall())
                 )
@@ -219,7 +220,7 @@ class EventStore:
     async def lesson_head(self, lesson_id: str) -> int:
         """The lesson's current seq (0 for a lesson with no events)."""
         with translate_errors():
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 row = await (
                     await conn.execute(_Q["lesson_head"], {"lesson_id": lesson_id})
                 ).fetchone()
@@ -243,7 +244,7 @@ class EventStore:
         """Up to `limit` of a lesson's events after `after_seq`, in seq order."""
         params = {"lesson_id": lesson_id, "after_seq": after_seq, "limit": limit}
         with translate_errors():
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute(_Q["read_lesson"], params)
                 return list(map(_row, await cur.fetchall()))
 
@@ -258,17 +259,29 @@ class EventStore:
         """Numbered events after `after_position`, in position order, a page at a time.
 
         Only events the sequencer has numbered are returned; see the module docstring for
-        why a reader of this can never skip one.
+        why a reader of this can never skip one. The next page is fetched while the caller
+        works through this one (the database and the decoding overlap); at most two pages
+        are held.
         """
+        page = await self.read_all_page(after_position, page_size, type=type, lesson_id=lesson_id)
         while True:
-            page = await self.read_all_page(
-                after_position, page_size, type=type, lesson_id=lesson_id
-            )
-            for event in page:
-                yield event
-            if len(page) < page_size:
+            ahead: asyncio.Task[list[StoredEvent]] | None = None
+            if len(page) == page_size:
+                after_position = page[-1].position or after_position
+                ahead = asyncio.create_task(
+                    self.read_all_page(after_position, page_size, type=type, lesson_id=lesson_id)
+                )
+            try:
+                for event in page:
+                    yield event
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                    ahead.add_done_callback(_retrieve)
+                raise
+            if ahead is None:
                 return
-            after_position = page[-1].position or after_position
+            page = await ahead
 
     async def read_all_page(
         self,
@@ -280,13 +293,13 @@ class EventStore:
     ) -> list[StoredEvent]:
         params = {"after": after_position, "limit": limit, "type": type, "lesson_id": lesson_id}
         with translate_errors():
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute(_Q["read_all"], params)
                 return list(map(_row, await cur.fetchall()))
 
     async def head_position(self) -> int:
         with translate_errors():
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 row = await (await conn.execute(_Q["head_position"])).fetchone()
         return int(row[0]) if row else 0
 
@@ -298,24 +311,42 @@ class EventStore:
         """
         total = 0
         while True:
+            params = {"key": SEQUENCER_LOCK_KEY, "limit": batch, "channel": LOG_CHANNEL}
             with translate_errors():
-                async with self.pool.connection() as conn, conn.transaction():
-                    await conn.execute(_Q["sequencer_lock"], {"key": SEQUENCER_LOCK_KEY})
-                    row = await (
-                        await conn.execute(_Q["sequence_pending"], {"limit": batch})
-                    ).fetchone()
-                    count, head = (int(row[0]), int(row[1])) if row else (0, 0)
-                    if count:
-                        await conn.execute(
-                            _Q["notify_sequenced"], {"channel": LOG_CHANNEL, "head": head}
-                        )
+                async with self._connection() as conn:
+                    row = await (await conn.execute(_Q["sequence_pending"], params)).fetchone()
+            count = int(row[0]) if row else 0
             total += count
             if count < batch:
                 return total
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection in autocommit, for statements that stand on their own.
+
+        Every store operation is one self-contained statement (an append is one INSERT, a
+        sequencer pass one function call), so autocommit makes each one round trip instead
+        of three (BEGIN, statement, COMMIT). The pool's connections go back as they came.
+        """
+        async with self.pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                try:
+                    await conn.set_autocommit(False)
+                except psycopg.Error:
+                    await conn.close()  # mid-operation (cancelled): never hand it out as is
+
     def _committed(self, stored: Sequence[StoredEvent]) -> None:
         for listener in self._listeners:
             listener(stored)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Consume the outcome of a read-ahead nobody will await (the reader stopped early)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _seq(e: StoredEvent) -> int:

@@ -33,6 +33,7 @@ from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, re
 from eventstore.queries import load_queries
 from ops import (
     backup_cli,
+    bench_eventstore,
     bench_projections,
     events_cli,
     guardrails_cli,
@@ -205,6 +206,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     guardrails_cli.register(sub)
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
+    bench_eventstore.register(sub)
     return parser
 
 

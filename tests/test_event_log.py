@@ -314,3 +314,18 @@ async def test_catch_up_and_appends_see_every_event_in_order_after_dump_and_rest
         assert [e.position for e in everything] == list(range(1, 66))
         assert [e.id for e in everything] == [e.id for e in before + pending + more]
         assert [e.lesson_seq async for e in restored.read_lesson("A")] == list(range(1, 24))
+
+
+async def test_read_all_reads_ahead_and_stops_cleanly_when_the_reader_does(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    store = EventStore(pool)
+    for seq in range(0, 25, 5):
+        await store.append("L", [partial(i) for i in range(5)], expected_seq=seq)
+    await store.sequence()
+    assert [e.position async for e in store.read_all(3, page_size=4)] == list(range(4, 26))
+    reader = store.read_all(0, page_size=4)
+    first = [await anext(reader) for _ in range(5)]  # the second page is being read ahead
+    await reader.aclose()
+    assert [e.position for e in first] == [1, 2, 3, 4, 5]
+    assert await store.head_position() == 25  # the pool is intact

@@ -61,31 +61,7 @@ LIMIT %(limit)s;
 -- name: head_position
 SELECT coalesce(max(position), 0) FROM events;
 
--- name: sequencer_lock
--- One sequencer at a time per database, whichever process it runs in. Taken in its own
--- statement so the numbering statement's snapshot sees the previous sequencer's commit.
-SELECT pg_advisory_xact_lock(%(key)s);
-
 -- name: sequence_pending
--- Number committed, unnumbered rows after the current maximum, in insert order. Only one
--- transaction does this at a time, so every commit reveals exactly the next contiguous
--- range of positions: a reader of "position > n" can never skip a row.
-WITH base AS (
-  SELECT coalesce(max(position), 0) AS top FROM events
-), batch AS (
-  SELECT id, row_number() OVER (ORDER BY insert_no) AS n
-  FROM (SELECT id, insert_no FROM events
-        WHERE position IS NULL
-        ORDER BY insert_no
-        LIMIT %(limit)s) AS pending
-), numbered AS (
-  UPDATE events AS e
-  SET position = base.top + batch.n
-  FROM batch, base
-  WHERE e.id = batch.id
-  RETURNING e.position
-)
-SELECT count(*), coalesce(max(position), 0) FROM numbered;
-
--- name: notify_sequenced
-SELECT pg_notify(%(channel)s, %(head)s::text);
+-- One sequencer pass (schema_v4.sql): number up to `batch` committed, unnumbered rows after
+-- the current maximum, in insert order, under the sequencer's advisory lock; NOTIFY once.
+SELECT numbered, head FROM events_sequence(%(key)s, %(limit)s, %(channel)s);
