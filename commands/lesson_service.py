@@ -13,7 +13,15 @@ from typing import Any
 
 from commands.errors import Conflict, NotFound
 from commands.generation import Supervisor
-from commands.lessons import READY, STREAMING, LessonState, decide_abandon, decide_lock, fold
+from commands.lessons import (
+    READY,
+    STREAMING,
+    LessonState,
+    costs_by_family,
+    decide_abandon,
+    decide_lock,
+    fold,
+)
 from eventstore.errors import WrongExpectedSeq
 from eventstore.events import DomainEvent
 from eventstore.store import EventMeta, EventStore, NewEvent, StoredEvent
@@ -130,5 +138,5 @@ def lesson_json(state: LessonState) -> dict[str, Any]:
             state.ended_at.isoformat() if state.ended_at and state.status == "complete" else None
         ),
         "duration_ms": state.duration_ms,
-        "model_costs": {m: float(c) for m, c in sorted(state.model_costs.items())},
+        "model_costs": costs_by_family(state),
     }

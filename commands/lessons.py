@@ -415,8 +415,17 @@ def decide_complete_lesson(state: LessonState, now: datetime) -> list[DomainEven
         return []
     started = state.locked_at or state.created_at or now
     duration_ms = max(0, round((now - started).total_seconds() * 1000))
-    costs = {m: float(c.quantize(Decimal("0.00001"))) for m, c in sorted(state.model_costs.items())}
-    return [LessonCompleted(duration_ms=duration_ms, model_costs=costs)]
+    return [LessonCompleted(duration_ms=duration_ms, model_costs=costs_by_family(state))]
+
+
+def costs_by_family(state: LessonState) -> dict[str, float]:
+    """USD per model family ("haiku", "sonnet", "opus", "offline"), as contracts §4 shows
+    lesson_complete's model_costs; model_runs keep the full names (haiku-4-5, …)."""
+    families: dict[str, Decimal] = {}
+    for model, cost in state.model_costs.items():
+        family = model.split("-", 1)[0]
+        families[family] = families.get(family, Decimal(0)) + cost
+    return {f: float(c.quantize(Decimal("0.00001"))) for f, c in sorted(families.items())}
 
 
 def decide_fail_beat(
