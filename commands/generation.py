@@ -88,7 +88,7 @@ CONFLICT_RETRIES = 8
 class GenerationConfig:
     partial_interval_s: float = 0.5
     lease_ttl_s: float = 6.0
-    lease_renew_s: float = 2.0
+    lease_renew_s: float = 0.5
     poll_s: float = 1.0
     max_lessons: int = 100
     # Contract model names per tier, as recorded in beat.started and the beat cache key.

@@ -14,6 +14,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from web.app import create_app
+from web.services import Services
 from web.settings import Settings
 
 
@@ -22,6 +23,14 @@ def serve_app(settings: Settings, database_url: str, deadline_s: float = 20.0) -
     """Run the app until the block exits; yields its base URL (http://127.0.0.1:PORT)."""
     with serve(create_app(settings, database_url), deadline_s) as base_url:
         yield base_url
+
+
+@contextmanager
+def serve_with_services(settings: Settings, database_url: str) -> Iterator[tuple[str, Services]]:
+    """As serve_app, and the running app's services, to observe its state from a test."""
+    app = create_app(settings, database_url)
+    with serve(app) as base_url:
+        yield base_url, app.state.services
 
 
 @contextmanager

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -17,10 +17,10 @@ from psycopg_pool import AsyncConnectionPool
 from eventstore.events import BeatPartial, BeatStarted
 from eventstore.store import EventMeta, EventStore, NewEvent
 from tests.conftest import make_settings
-from tests.live import serve, student_client
+from tests.live import serve_with_services, student_client
 from tests.sse import parse
 from tests.test_lessons_flow import PLAN_BODY
-from web.app import configure_connection, create_app
+from web.app import configure_connection
 from web.services import Services
 
 pytestmark = pytest.mark.slow
@@ -36,11 +36,8 @@ def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> f
     return time.monotonic() - started
 
 
-@contextmanager
-def app_server(db_url: str, **overrides: Any) -> Iterator[tuple[str, Services]]:
-    app = create_app(make_settings(**overrides), db_url)
-    with serve(app) as base_url:
-        yield base_url, app.state.services
+def app_server(db_url: str, **overrides: Any) -> AbstractContextManager[tuple[str, Services]]:
+    return serve_with_services(make_settings(**overrides), db_url)
 
 
 def new_lesson(client: httpx.Client) -> str:

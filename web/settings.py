@@ -95,7 +95,9 @@ class Settings:
     offline_pace_ms: int = 30  # OMNITUTOR_OFFLINE_PACE_MS: delay between offline tokens
     beat_partial_ms: int = 500  # OMNITUTOR_BEAT_PARTIAL_MS: coalescing window of beat.partial
     lease_ttl_s: float = 6.0  # OMNITUTOR_LEASE_TTL_S: a generation lease lapses after this
-    lease_renew_s: float = 2.0  # OMNITUTOR_LEASE_RENEW_S
+    # One statement renews all of a process's leases, so renewing often is cheap; it is how an
+    # owner learns, within a second, that another process abandoned its lesson.
+    lease_renew_s: float = 0.5  # OMNITUTOR_LEASE_RENEW_S
     supervisor_poll_s: float = 1.0  # OMNITUTOR_SUPERVISOR_POLL_S: look for orphaned lessons
     max_generations: int = 100  # OMNITUTOR_MAX_GENERATIONS: lessons one process generates
     sse_send_timeout_s: float = 10.0  # OMNITUTOR_SSE_SEND_TIMEOUT_S: drop a stalled reader
@@ -134,7 +136,7 @@ class Settings:
             offline_pace_ms=_int(e, "OMNITUTOR_OFFLINE_PACE_MS", 30),
             beat_partial_ms=_int(e, "OMNITUTOR_BEAT_PARTIAL_MS", 500),
             lease_ttl_s=_float(e, "OMNITUTOR_LEASE_TTL_S", 6.0),
-            lease_renew_s=_float(e, "OMNITUTOR_LEASE_RENEW_S", 2.0),
+            lease_renew_s=_float(e, "OMNITUTOR_LEASE_RENEW_S", 0.5),
             supervisor_poll_s=_float(e, "OMNITUTOR_SUPERVISOR_POLL_S", 1.0),
             max_generations=_int(e, "OMNITUTOR_MAX_GENERATIONS", 100),
             sse_send_timeout_s=_float(e, "OMNITUTOR_SSE_SEND_TIMEOUT_S", 10.0),
