@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import psycopg
 import structlog
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 if TYPE_CHECKING:
     from pgserver.postgres_server import PostgresServer
@@ -70,6 +71,26 @@ def _embedded_server(pgdata: Path, cleanup_mode: str | None) -> PostgresServer:
         from pgserver.postgres_server import get_server  # deferred: only needed here
 
         return get_server(pgdata, cleanup_mode=cleanup_mode)
+
+
+def create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    """(Re)create database `name`, empty or copied from `template`; returns its URL."""
+    with translate_errors(), psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL(_Q["drop_database"]).format(name=sql.Identifier(name)))
+        if template is None:
+            conn.execute(sql.SQL(_Q["create_database"]).format(name=sql.Identifier(name)))
+        else:
+            conn.execute(
+                sql.SQL(_Q["create_database_from"]).format(
+                    name=sql.Identifier(name), template=sql.Identifier(template)
+                )
+            )
+    return make_conninfo(admin_url, dbname=name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with translate_errors(), psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL(_Q["drop_database"]).format(name=sql.Identifier(name)))
 
 
 def _ensure_database(admin_url: str, name: str) -> None:

@@ -20,27 +20,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from eventstore.database import database_url
 from eventstore.hub import Hub, Subscription
-from eventstore.migrations import migrate
 from eventstore.store import EventStore, NewEvent, Sequencer
 from ops.commands import command_group
+from ops.scratch import scratch_database
 from web.settings import Settings
 
 WRITERS = (1, 8, 32)
@@ -89,25 +88,6 @@ def render(rows: list[Row]) -> str:
 
 
 # -- the scratch database -------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    from web.migrations import MIGRATIONS
-
-    name = f"omnitutor_bench_eventstore_{os.getpid()}"
-    ident = sql.Identifier(name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-    url = make_conninfo(server_url, dbname=name)
-    try:
-        with psycopg.connect(url) as conn:
-            migrate(conn, MIGRATIONS)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
 
 
 @contextlib.asynccontextmanager
@@ -477,7 +457,7 @@ def cmd_bench_eventstore(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
     with (
         database_url(settings.database_url, settings.home) as server_url,
-        scratch_database(server_url) as url,
+        scratch_database(server_url, "eventstore") as url,
     ):
         say(f"bench eventstore: scratch database {conninfo_to_dict(url).get('dbname')}")
         rows = asyncio.run(run(url, args))

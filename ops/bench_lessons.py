@@ -36,12 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from eventstore.database import database_url
-from eventstore.migrations import migrate
-from web.migrations import MIGRATIONS
+from ops.scratch import scratch_database
 from web.settings import Settings
 
 HOST = "127.0.0.1"
@@ -173,23 +170,6 @@ def server(db_url: str, **env: str) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@contextlib.contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    name = f"omnitutor_bench_{os.getpid()}"
-    ident = sql.Identifier(name)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-    url = make_conninfo(admin_url, dbname=name)
-    try:
-        with psycopg.connect(url) as conn:
-            migrate(conn, MIGRATIONS)
-        yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
 
 
 # ---- the client ----------------------------------------------------------------------------
@@ -471,7 +451,10 @@ def cmd_bench_lessons(args: argparse.Namespace, settings: Settings) -> int:
     want = min(hard, max(soft, 2 * args.idle + 1024))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # children inherit it
     started = time.perf_counter()
-    with database_url(settings.database_url, settings.home) as admin, scratch_database(admin) as db:
+    with (
+        database_url(settings.database_url, settings.home) as admin,
+        scratch_database(admin, "lessons") as db,
+    ):
         figures = asyncio.run(run(args, db))
     for phase, values in figures.items():
         for name, value in values.items():

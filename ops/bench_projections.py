@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -27,22 +26,18 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from eventstore.database import database_url
 from eventstore.ids import new_id
-from eventstore.migrations import migrate
 from eventstore.store import EventMeta, EventStore, NewEvent, Sequencer, StoredEvent
 from ops.projections_cli import ProgressBar, open_pool, say
+from ops.scratch import scratch_database
 from projections.catalog import PROJECTIONS
 from projections.rebuild import Rebuild
 from projections.runner import ProjectionRunner
-from web.migrations import MIGRATIONS
 from web.settings import Settings
 
 USERS = 1000
-DROP_DATABASE = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
 CONCURRENT_LESSONS = 64  # lessons generating at once: their events interleave in the log
 
 
@@ -208,21 +203,6 @@ def generate(
         )
 
 
-def create_scratch(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(DROP_DATABASE.format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(admin_url, dbname=name)
-    with psycopg.connect(url) as conn:
-        migrate(conn, MIGRATIONS)
-    return url
-
-
-def drop_scratch(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(DROP_DATABASE.format(sql.Identifier(name)))
-
-
 def load_events(url: str, total: int) -> tuple[list[tuple[str, str]], float]:
     started = time.perf_counter()
     users = [(new_id(), new_id()) for _ in range(USERS)]
@@ -336,22 +316,20 @@ async def lag(
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    name = f"omnitutor_bench_projections_{os.getpid()}"
-    with database_url(settings.database_url, settings.home) as admin_url:
-        say(f"scratch database {name}: generating {args.events:,} events")
-        url = create_scratch(admin_url, name)
-        try:
-            users, gen_s = load_events(url, args.events)
-            say(f"generated {args.events:,} events in {gen_s:.1f}s")
-            figures: list[tuple[str, float, int]] = []
-            seconds, events = asyncio.run(rebuild(url, None, args.events))
-            figures.append(("all projections", seconds, events))
-            for p in PROJECTIONS:
-                s, e = asyncio.run(rebuild(url, [p.name], args.events))
-                figures.append((p.name, s, e))
-            lags = asyncio.run(lag(url, users, args.rate, args.lag_seconds))
-        finally:
-            drop_scratch(admin_url, name)
+    with (
+        database_url(settings.database_url, settings.home) as admin_url,
+        scratch_database(admin_url, "projections") as url,
+    ):
+        say(f"scratch database: generating {args.events:,} events")
+        users, gen_s = load_events(url, args.events)
+        say(f"generated {args.events:,} events in {gen_s:.1f}s")
+        figures: list[tuple[str, float, int]] = []
+        seconds, events = asyncio.run(rebuild(url, None, args.events))
+        figures.append(("all projections", seconds, events))
+        for p in PROJECTIONS:
+            s, e = asyncio.run(rebuild(url, [p.name], args.events))
+            figures.append((p.name, s, e))
+        lags = asyncio.run(lag(url, users, args.rate, args.lag_seconds))
     print(f"rebuild of {args.events:,} log events (target: all projections < 60 s for 1,000,000)")
     print(f"  {'projections':<16} {'seconds':>8} {'log events/s':>13} {'events read':>12}")
     for label, seconds, events in figures:

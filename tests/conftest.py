@@ -11,24 +11,19 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from eventstore.database import database_url
+from eventstore.database import create_database, database_url, drop_database
 from eventstore.migrations import migrate
-from eventstore.queries import load_queries
 from web.migrations import MIGRATIONS
 from web.settings import Settings
 
 pytest_plugins = ["tests.fakes.anthropic_server"]
 
-_ADMIN = load_queries(Path(__file__).resolve().parent.parent / "eventstore" / "sql" / "admin.sql")
 _counter = itertools.count()
 
 pytest_plugins = ["tests.fakes.anthropic_server"]
@@ -45,29 +40,6 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("pg-home")
     with database_url(configured, home) as url:
         yield url
-
-
-def url_for(admin_url: str, dbname: str) -> str:
-    return make_conninfo(admin_url, dbname=dbname)
-
-
-def create_database(admin_url: str, name: str, template: str | None = None) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL(_ADMIN["drop_database"]).format(name=sql.Identifier(name)))
-        if template is None:
-            conn.execute(sql.SQL(_ADMIN["create_database"]).format(name=sql.Identifier(name)))
-        else:
-            conn.execute(
-                sql.SQL(_ADMIN["create_database_from"]).format(
-                    name=sql.Identifier(name), template=sql.Identifier(template)
-                )
-            )
-    return url_for(admin_url, name)
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL(_ADMIN["drop_database"]).format(name=sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@ second, even while the owner is between appends (it learns at its next lease ren
 
 from __future__ import annotations
 
-import time
-
 from tests.conftest import make_settings
 from tests.live import serve_with_services, student_client
 from tests.sse import read_stream
@@ -28,8 +26,6 @@ def test_abandon_through_another_process_stops_the_owner_within_a_second(db_url:
         )
         wait_until(lambda: lesson_id in owner.supervisor.workers, 5, "owner generating")
         with student_client(other_url, timeout=30, cookies=client.cookies) as elsewhere:
-            started = time.monotonic()
             assert elsewhere.post(f"/v1/lesson/{lesson_id}/abandon").status_code == 200
         stopped = wait_until(lambda: lesson_id not in owner.supervisor.workers, 5, "stopped")
-        assert time.monotonic() - started < 1.5  # the POST round trip plus the stop
-    assert stopped < 1.0
+    assert stopped < 1.0  # the bound: generation stops within a second

@@ -169,16 +169,13 @@ async def test_beat_deltas_concatenate_to_the_body() -> None:
     assert run.completion_tokens == len(json.dumps(prompts.beat_to_json(result.value)).split())
 
 
-async def test_beat_pacing_zero_is_fast_and_pacing_is_applied() -> None:
+async def test_beat_pacing_is_applied_between_tokens() -> None:
     plan = build(HOOKE)
 
     async def ignore(delta: str) -> None:
         return None
 
-    started = time.perf_counter()
     fast = await provider(pace_ms=0).beat(plan, 3, HOOKE, ignore, Tier.DEEP)
-    assert time.perf_counter() - started < 0.5
-
     words = len(fast.value.content_json["body"].split())
     started = time.perf_counter()
     await provider(pace_ms=2).beat(plan, 3, HOOKE, ignore)

@@ -101,17 +101,14 @@ def test_a_reader_that_stops_reading_is_dropped_without_slowing_the_others(
         try:
             wait_until(lambda: svc.hub.subscriber_count == 1, 5, "stalled reader in")
             # Another reader gets the whole backlog while the stalled one is stuck.
-            started = time.monotonic()
             with client.stream("GET", path) as stream:
                 seen = 0
                 for event in parse(stream.iter_lines()):
                     seen += event.event == "beat_partial"
                     if seen == partials:
                         break
-            fast_reader_s = time.monotonic() - started
             # The stalled reader is dropped by the server, its socket still open.
             wait_until(lambda: svc.hub.subscriber_count == 0, 5, "stalled reader dropped")
         finally:
             stalled.close()
     assert seen == partials
-    assert fast_reader_s < 10
