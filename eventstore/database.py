@@ -8,15 +8,18 @@ fresh machine needs nothing installed. The embedded server listens on a Unix soc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 import psycopg
+import psycopg.types.json
 import structlog
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
 
 if TYPE_CHECKING:
     from pgserver.postgres_server import PostgresServer
@@ -52,6 +55,37 @@ def database_url(
     finally:
         if not keep_running:
             server.cleanup()
+
+
+# The log is acknowledged only once its commit is on disk; a server configured with
+# synchronous_commit=off would lose acknowledged events in a crash. Set at connection start.
+CONNECTION_OPTIONS = {"options": "-c synchronous_commit=on"}
+
+
+async def configure_connection(conn: AsyncConnection[Any]) -> None:
+    """Per-connection set-up: orjson decodes jsonb."""
+    psycopg.types.json.set_json_loads(orjson.loads, conn)
+
+
+@asynccontextmanager
+async def open_pool(
+    url: str, *, min_size: int = 1, max_size: int = 4, name: str | None = None
+) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
+    """The one way to get a connection pool: durable commits, orjson, closed on exit."""
+    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        configure=configure_connection,
+        kwargs=CONNECTION_OPTIONS,
+        name=name,
+    )
+    await pool.open(wait=True, timeout=30)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 def stop_embedded(home: Path) -> bool:

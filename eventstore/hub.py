@@ -219,6 +219,7 @@ class Hub:
         self._wake = asyncio.Event()
         self._tailing = asyncio.Lock()
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        self._stopping = False
         self.listen_pid: int | None = None  # backend pid of the LISTEN connection
         store.on_append(self._on_append)
 
@@ -323,13 +324,19 @@ class Hub:
                     log.warning("hub tail failed", error=str(e))
                     await asyncio.sleep(_backoff(failures))
         finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            # Never cancel a task parked in psycopg's wait: psycopg answers a cancellation
+            # there with a server-side cancel and waits again, and on Python 3.11 the task can
+            # stay cancelling forever. The listener checks this flag between short waits.
+            self._stopping = True
+            done, _ = await asyncio.wait({listener}, timeout=LISTEN_POLL_S * 4)
+            if not done:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
 
     async def _listen(self) -> None:
         """One autocommit connection that LISTENs; reconnects with backoff when it drops."""
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.listen_conninfo, autocommit=True)
                 async with conn:
@@ -338,9 +345,10 @@ class Hub:
                     self.listening.set()
                     failures = 0
                     self.wake()  # anything sequenced while we were not listening
-                    async for notify in conn.notifies():
-                        if self._newer(notify.payload):
-                            self.wake()
+                    while not self._stopping:
+                        async for notify in conn.notifies(timeout=LISTEN_POLL_S):
+                            if self._newer(notify.payload):
+                                self.wake()
             except psycopg.OperationalError as e:
                 self.listening.clear()
                 failures += 1
@@ -355,6 +363,10 @@ class Hub:
         except ValueError:
             return True
         return self._cursor is None or head > self._cursor
+
+
+# How long the listener waits for a notification before it checks whether to stop.
+LISTEN_POLL_S = 0.25
 
 
 def _backoff(failures: int) -> float:

@@ -31,11 +31,9 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool
 
-from eventstore.database import database_url
+from eventstore.database import database_url, open_pool
 from eventstore.hub import Hub, Subscription
 from eventstore.store import EventStore, NewEvent, Sequencer
 from ops.commands import command_group
@@ -92,16 +90,8 @@ def render(rows: list[Row]) -> str:
 
 @contextlib.asynccontextmanager
 async def our_store(url: str, size: int) -> AsyncIterator[EventStore]:
-    from web.app import configure_connection
-
-    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-        url, min_size=size, max_size=size, open=False, configure=configure_connection
-    )
-    await pool.open(wait=True, timeout=60)
-    try:
+    async with open_pool(url, min_size=size, max_size=size) as pool:
         yield EventStore(pool)
-    finally:
-        await pool.close()
 
 
 @contextlib.asynccontextmanager

@@ -122,9 +122,7 @@ def cmd_db_reset(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     with database_url(settings.database_url, settings.home) as url, psycopg.connect(url) as conn:
         seconds = reset(conn, MIGRATIONS)
-        tables = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-        ).fetchone()
+        tables = conn.execute(_ADMIN["count_tables"]).fetchone()
     say(
         f"reset: dropped and recreated {tables[0] if tables else 0} tables from "
         f"{len(MIGRATIONS)} migrations in {seconds:.2f}s"

@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from eventstore import events as ev
-from eventstore.database import database_url
+from eventstore.database import database_url, open_pool
 from eventstore.hub import Hub
 from eventstore.store import EventStore, Sequencer, StoredEvent
 from web.settings import Settings
@@ -55,16 +53,8 @@ def say(message: str, *, end: str = "\n") -> None:
 
 @contextlib.asynccontextmanager
 async def open_store(url: str, max_size: int = 2) -> AsyncIterator[EventStore]:
-    from web.app import configure_connection  # orjson for jsonb, durable commits
-
-    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-        url, min_size=1, max_size=max_size, open=False, configure=configure_connection
-    )
-    await pool.open(wait=True, timeout=30)
-    try:
+    async with open_pool(url, max_size=max_size) as pool:
         yield EventStore(pool)
-    finally:
-        await pool.close()
 
 
 # -- export --------------------------------------------------------------------------------

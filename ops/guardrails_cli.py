@@ -19,7 +19,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from commands import idempotency, ratelimit, spendcap
-from eventstore.database import database_url
+from eventstore.database import database_url, open_pool
 from ops.commands import command_group
 from web.settings import Settings
 
@@ -33,7 +33,7 @@ def say(message: str) -> None:
 
 def _with_pool(settings: Settings, work: Callable[[Pool], Awaitable[T]]) -> T:
     async def run(url: str) -> T:
-        async with AsyncConnectionPool(url, min_size=1, max_size=1, open=False) as pool:
+        async with open_pool(url, max_size=1) as pool:
             return await work(pool)
 
     with database_url(settings.database_url, settings.home) as url:

@@ -27,6 +27,7 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from eventstore import database
 from eventstore.database import database_url
 from eventstore.store import EventStore, Sequencer
 from ops.commands import command_group
@@ -47,16 +48,8 @@ def say(message: str) -> None:
 
 @contextlib.asynccontextmanager
 async def open_pool(url: str, max_size: int = 4) -> AsyncIterator[Pool]:
-    from web.app import configure_connection
-
-    pool: Pool = AsyncConnectionPool(
-        url, min_size=1, max_size=max_size, open=False, configure=configure_connection
-    )
-    await pool.open(wait=True, timeout=30)
-    try:
+    async with database.open_pool(url, max_size=max_size) as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 def with_pool(settings: Settings, work: Callable[[Pool], Awaitable[T]], max_size: int = 4) -> T:

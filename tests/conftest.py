@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from eventstore.database import create_database, database_url, drop_database
+from eventstore.database import create_database, database_url, drop_database, open_pool
 from eventstore.migrations import migrate
 from web.migrations import MIGRATIONS
 from web.settings import Settings
@@ -76,16 +76,8 @@ def empty_db_url(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture
 async def pool(db_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    from web.app import configure_connection
-
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        db_url, min_size=1, max_size=8, open=False, configure=configure_connection
-    )
-    await p.open(wait=True)
-    try:
+    async with open_pool(db_url, max_size=8) as p:
         yield p
-    finally:
-        await p.close()
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -12,6 +12,7 @@ from typing import Any
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from eventstore.database import create_database, drop_database, open_pool
 from eventstore.events import (
     BeatCompleted,
     BeatStarted,
@@ -158,17 +159,10 @@ async def scalar(pool: AsyncConnectionPool[Any], query: str, *params: Any) -> An
 @contextlib.asynccontextmanager
 async def scratch_pool(admin_url: str, template: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
     """A pool on a fresh database from the migrated template (one per hypothesis example)."""
-    from tests.conftest import create_database, drop_database
-    from web.app import configure_connection
-
     name = f"ot_h_{os.getpid()}_{next(_names)}"
     url = create_database(admin_url, name, template=template)
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        url, min_size=1, max_size=3, open=False, configure=configure_connection
-    )
-    await pool.open(wait=True)
     try:
-        yield pool
+        async with open_pool(url, max_size=3) as pool:
+            yield pool
     finally:
-        await pool.close()
         drop_database(admin_url, name)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
+from eventstore.database import open_pool
 from eventstore.events import BeatPartial
 from eventstore.hub import Hub, Subscription
 from eventstore.store import EventMeta, EventStore, NewEvent, Sequencer, StoredEvent
@@ -64,13 +62,5 @@ async def running(
 @contextlib.asynccontextmanager
 async def other_process(db_url: str) -> AsyncIterator[EventStore]:
     """A second store on its own pool: stands in for another process."""
-    from web.app import configure_connection
-
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        db_url, min_size=1, max_size=4, open=False, configure=configure_connection
-    )
-    await p.open(wait=True)
-    try:
+    async with open_pool(db_url, max_size=4) as p:
         yield EventStore(p)
-    finally:
-        await p.close()

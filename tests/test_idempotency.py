@@ -16,7 +16,7 @@ from commands import idempotency
 from commands.errors import Conflict, InvalidInput
 from commands.idempotency import Claim, StoredResponse
 from commands.sessions import open_session
-from web.app import configure_connection
+from eventstore.database import open_pool
 
 pytestmark = pytest.mark.anyio
 
@@ -182,9 +182,7 @@ async def run_schedule(db_url: str, user: str, clients: list[Client], order: lis
     claims: dict[int, Claim] = {}
     started: set[int] = set()
     executions = 0
-    async with AsyncConnectionPool(
-        db_url, min_size=1, max_size=2, open=False, configure=configure_connection
-    ) as pool:
+    async with open_pool(db_url, max_size=2) as pool:
         for i in order:
             body, succeeds = clients[i]
             if i not in started:  # this client's first step: claim
@@ -226,9 +224,7 @@ def test_any_interleaving_matches_the_model(db_url: str, schedule: Any) -> None:
     clients, order = schedule
 
     async def go() -> None:
-        async with AsyncConnectionPool(
-            db_url, min_size=1, max_size=1, open=False, configure=configure_connection
-        ) as pool:
+        async with open_pool(db_url, max_size=1) as pool:
             user = await new_user(pool)
         await run_schedule(db_url, user, clients, order)
 

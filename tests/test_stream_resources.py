@@ -12,15 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
+from eventstore.database import open_pool
 from eventstore.events import BeatPartial, BeatStarted
 from eventstore.store import EventMeta, EventStore, NewEvent
 from tests.conftest import make_settings
 from tests.live import serve_with_services, student_client
 from tests.sse import parse
 from tests.test_lessons_flow import PLAN_BODY
-from web.app import configure_connection
 from web.services import Services
 
 pytestmark = pytest.mark.slow
@@ -64,9 +63,7 @@ def test_a_reader_that_disconnects_frees_its_subscription_at_once(db_url: str) -
 
 async def append_backlog(db_url: str, lesson_id: str, partials: int) -> None:
     """A beat with a long run of partials: more than the socket buffers can hold."""
-    async with AsyncConnectionPool(
-        db_url, min_size=1, max_size=2, open=False, configure=configure_connection
-    ) as pool:
+    async with open_pool(db_url, max_size=2) as pool:
         store = EventStore(pool)
         head = await store.lesson_head(lesson_id)
         meta = EventMeta(trace_id="req_test")

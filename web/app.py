@@ -9,12 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-import orjson
-import psycopg.types.json
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from commands.errors import CommandError, ErrorCode, Internal
+from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
 from eventstore.store import EventStore, Sequencer
@@ -35,61 +31,43 @@ from web.services import Services
 from web.settings import Settings
 
 
-async def configure_connection(conn: AsyncConnection[Any]) -> None:
-    """Per-connection set-up: orjson for jsonb, and durable commits for the log."""
-    psycopg.types.json.set_json_loads(orjson.loads, conn)
-    # The log is acknowledged only once its commit is on disk; a server configured with
-    # synchronous_commit=off would lose acknowledged events in a crash.
-    await conn.execute("SET synchronous_commit = on")
-    await conn.commit()
-
-
 def create_app(settings: Settings, database_url: str) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            database_url,
-            min_size=1,
-            max_size=settings.pool_max,
-            open=False,
-            configure=configure_connection,
-            name="omnitutor",
-        )
-        await pool.open(wait=True, timeout=30)
-        store = EventStore(pool)
-        hub = Hub(store, database_url)
-        projections = ProjectionRunner(pool, poll_s=settings.projections_poll_s)
+        async with open_pool(database_url, max_size=settings.pool_max, name="omnitutor") as pool:
+            store = EventStore(pool)
+            hub = Hub(store, database_url)
+            projections = ProjectionRunner(pool, poll_s=settings.projections_poll_s)
 
-        def log_moved() -> None:
-            hub.wake()
-            projections.wake()
+            def log_moved() -> None:
+                hub.wake()
+                projections.wake()
 
-        sequencer = Sequencer(store, on_sequenced=log_moved)
-        provider = open_provider(settings)
-        supervisor = open_supervisor(settings, pool, store, provider)
-        app.state.services = Services(
-            settings=settings,
-            pool=pool,
-            store=store,
-            hub=hub,
-            provider=provider,
-            supervisor=supervisor,
-        )
-        tasks = [
-            asyncio.create_task(sequencer.run(), name="sequencer"),
-            asyncio.create_task(hub.run(), name="hub"),
-            asyncio.create_task(supervisor.run(), name="generation-supervisor"),
-            asyncio.create_task(projections.run(), name="projections"),
-        ]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await supervisor.aclose()
-            await provider.aclose()
-            await pool.close()
+            sequencer = Sequencer(store, on_sequenced=log_moved)
+            provider = open_provider(settings)
+            supervisor = open_supervisor(settings, pool, store, provider)
+            app.state.services = Services(
+                settings=settings,
+                pool=pool,
+                store=store,
+                hub=hub,
+                provider=provider,
+                supervisor=supervisor,
+            )
+            tasks = [
+                asyncio.create_task(sequencer.run(), name="sequencer"),
+                asyncio.create_task(hub.run(), name="hub"),
+                asyncio.create_task(supervisor.run(), name="generation-supervisor"),
+                asyncio.create_task(projections.run(), name="projections"),
+            ]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await supervisor.aclose()
+                await provider.aclose()
 
     def trace_id(request: Request) -> str:
         return str(request.scope.get("state", {}).get("trace_id", ""))

@@ -26,3 +26,6 @@ GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role};
 
 -- name: revoke_public_create
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+
+-- name: count_tables
+SELECT count(*) FROM pg_tables WHERE schemaname = current_schema();
