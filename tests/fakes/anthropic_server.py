@@ -21,22 +21,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from commands.providers import PlanRequest, offline, prompts
+from tests.live import serve
 
 __all__ = [
     "ErrorReply",
@@ -49,9 +47,6 @@ __all__ = [
     "rate_limited",
     "server_error",
 ]
-
-START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -388,61 +383,19 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-class FakeAnthropicServer:
-    """Runs a :class:`FakeAnthropic` app under uvicorn in a background thread."""
-
-    def __init__(self, fake: FakeAnthropic) -> None:
-        self.fake = fake
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                fake.app,
-                lifespan="off",
-                log_level="warning",
-                access_log=False,
-                http="h11",
-                ws="none",
-                timeout_graceful_shutdown=2,
-            )
-        )
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
-        )
-
-    def start(self) -> None:
-        self._socket.bind(("127.0.0.1", 0))  # port 0: the OS picks a free port
-        host, port = self._socket.getsockname()
-        self.fake.base_url = f"http://{host}:{port}"
-        self._thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        # uvicorn offers no start callback; poll its flag against a deadline.
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake Messages API server did not start")
-            time.sleep(0.005)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(STOP_TIMEOUT_S)
-        self._socket.close()
-        if self._thread.is_alive():
-            raise RuntimeError("the fake Messages API server did not stop")
-
-
 @pytest.fixture(scope="session")
-def fake_anthropic_server() -> Iterator[FakeAnthropicServer]:
-    server = FakeAnthropicServer(FakeAnthropic())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def fake_anthropic_server() -> Iterator[FakeAnthropic]:
+    """One fake Messages API server on 127.0.0.1 for the whole test session."""
+    fake = FakeAnthropic()
+    with serve(fake.app) as base_url:
+        fake.base_url = base_url
+        yield fake
 
 
 @pytest.fixture
-def fake_anthropic(fake_anthropic_server: FakeAnthropicServer) -> Iterator[FakeAnthropic]:
+def fake_anthropic(fake_anthropic_server: FakeAnthropic) -> Iterator[FakeAnthropic]:
     """The fake Messages API, with an empty script and no recorded requests."""
-    fake = fake_anthropic_server.fake
+    fake = fake_anthropic_server
     fake.reset()
     yield fake
     fake.reset()
