@@ -56,7 +56,7 @@ async def running(
     finally:
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=5)  # as the app's lifespan: bounded (web/app.py)
 
 
 @contextlib.asynccontextmanager

@@ -65,7 +65,9 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             finally:
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # Bounded: a task cancelled inside psycopg's wait can stay cancelling forever
+                # on Python 3.11 (psycopg answers with a server-side cancel and waits again).
+                await asyncio.wait(tasks, timeout=5)
                 await supervisor.aclose()
                 await provider.aclose()
 
