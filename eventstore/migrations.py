@@ -8,6 +8,7 @@ recorded migration whose file has since changed is an error, never a silent re-a
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,12 +41,17 @@ class Migration:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
-CORE: tuple[Migration, ...] = (
-    Migration(0, "schema_v0", ROOT / "schema_v0.sql"),
-    Migration(2, "schema_v2", ROOT / "schema_v2.sql"),
-    Migration(3, "event_log", Path(__file__).parent / "sql" / "schema_v3.sql"),
-    Migration(4, "sequencer_function", Path(__file__).parent / "sql" / "schema_v4.sql"),
-)
+def discover(root: Path = ROOT) -> tuple[Migration, ...]:
+    """Every layer's migrations, found by name: `schema_vN.sql` at the top level (the
+    contract's) and in each package's `sql/` folder. Found by path rather than imported, so
+    this bottom layer composes the full list without importing the layers above it."""
+    files = [*root.glob("schema_v*.sql"), *root.glob("*/sql/schema_v*.sql")]
+    found = []
+    for path in files:
+        match = re.fullmatch(r"schema_v(\d+)\.sql", path.name)
+        if match is not None:
+            found.append(Migration(int(match[1]), str(path.relative_to(root)), path))
+    return ordered(found)
 
 
 def ordered(*groups: Iterable[Migration]) -> tuple[Migration, ...]:
@@ -145,3 +151,8 @@ def reset(conn: psycopg.Connection, migrations: Sequence[Migration]) -> float:
         conn.commit()
     migrate(conn, migrations)
     return time.perf_counter() - started
+
+
+# The service's full migration list (contracts v0/v2, the log's v3-4, commands' v10-19,
+# projections' v20-29), in version order.
+MIGRATIONS: tuple[Migration, ...] = discover()

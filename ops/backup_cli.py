@@ -18,6 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from eventstore.database import database_url
 from eventstore.errors import StoreError
+from eventstore.settings import Settings
 from ops.backup import (
     DEFAULT_BUCKET,
     DEFAULT_PREFIX,
@@ -31,7 +32,6 @@ from ops.backup import (
     run_backup,
     today_utc,
 )
-from web.settings import Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client

@@ -35,10 +35,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from eventstore.database import database_url, open_pool
 from eventstore.hub import Hub, Subscription
+from eventstore.settings import Settings
 from eventstore.store import EventStore, NewEvent, Sequencer
-from ops.commands import command_group
+from ops.cli_groups import command_group
 from ops.scratch import scratch_database
-from web.settings import Settings
 
 WRITERS = (1, 8, 32)
 BATCHES = (1, 50)

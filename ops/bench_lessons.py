@@ -38,8 +38,8 @@ from typing import Any
 import psycopg
 
 from eventstore.database import database_url
+from eventstore.settings import Settings
 from ops.scratch import scratch_database
-from web.settings import Settings
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +71,8 @@ def _child_main(port: int) -> None:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    from eventstore.logconfig import configure_logging
     from web.app import create_app
-    from web.logging import configure_logging
 
     counts: Counter[str] = Counter()
     original = pg.AsyncConnection.execute

@@ -29,13 +29,13 @@ import psycopg
 
 from eventstore.database import database_url
 from eventstore.ids import new_id
+from eventstore.settings import Settings
 from eventstore.store import EventMeta, EventStore, NewEvent, Sequencer, StoredEvent
 from ops.projections_cli import ProgressBar, open_pool, say
 from ops.scratch import scratch_database
 from projections.catalog import PROJECTIONS
 from projections.rebuild import Rebuild
 from projections.runner import ProjectionRunner
-from web.settings import Settings
 
 USERS = 1000
 CONCURRENT_LESSONS = 64  # lessons generating at once: their events interleave in the log

@@ -29,8 +29,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from eventstore.database import DATABASE_NAME, database_url, stop_embedded
 from eventstore.database import __file__ as _database_file
 from eventstore.errors import StoreError, translate_errors
-from eventstore.migrations import APP_ROLE, grant_app_role, migrate, pending, reset
+from eventstore.logconfig import configure_logging
+from eventstore.migrations import APP_ROLE, MIGRATIONS, grant_app_role, migrate, pending, reset
 from eventstore.queries import load_queries
+from eventstore.settings import Settings
 from ops import (
     backup_cli,
     bench_eventstore,
@@ -41,9 +43,6 @@ from ops import (
     projections_cli,
     secrets_cli,
 )
-from web.logging import configure_logging
-from web.migrations import MIGRATIONS
-from web.settings import Settings
 
 _ADMIN = load_queries(Path(_database_file).parent / "sql" / "admin.sql")
 

@@ -30,8 +30,8 @@ import orjson
 from eventstore import events as ev
 from eventstore.database import database_url, open_pool
 from eventstore.hub import Hub
+from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer, StoredEvent
-from web.settings import Settings
 
 FIELDS = (
     "position",

@@ -20,8 +20,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from commands import idempotency, ratelimit, spendcap
 from eventstore.database import database_url, open_pool
-from ops.commands import command_group
-from web.settings import Settings
+from eventstore.settings import Settings
+from ops.cli_groups import command_group
 
 T = TypeVar("T")
 Pool = AsyncConnectionPool[AsyncConnection[Any]]

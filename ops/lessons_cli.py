@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from commands.providers import ProviderError
-from ops.commands import Subparsers, command_group
+from eventstore.settings import Settings
+from ops.cli_groups import Subparsers, command_group
 from web.lesson_runtime import open_provider
-from web.settings import Settings
 
 
 def say(message: str) -> None:

@@ -29,14 +29,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from eventstore import database
 from eventstore.database import database_url
+from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
-from ops.commands import command_group
+from ops.cli_groups import command_group
 from projections import checkpoints, spend
 from projections.catalog import BY_NAME
 from projections.errors import ProjectionError
 from projections.rebuild import Rebuild
 from projections.runner import ProjectionRunner
-from web.settings import Settings
 
 T = TypeVar("T")
 Pool = AsyncConnectionPool[AsyncConnection[Any]]

@@ -9,8 +9,7 @@ from contextlib import contextmanager
 import psycopg
 
 from eventstore.database import create_database, drop_database
-from eventstore.migrations import migrate
-from web.migrations import MIGRATIONS
+from eventstore.migrations import MIGRATIONS, migrate
 
 
 @contextmanager

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ops.commands import command_group
+from eventstore.settings import Settings
+from ops.cli_groups import command_group
 from ops.secrets import SecretsError, fetch, normalise_path, render, to_environment, write_private
-from web.settings import Settings
 
 DEFAULT_REGION = "us-east-1"
 # Never stdout: the values are secrets, and a terminal or a CI log must not see them.

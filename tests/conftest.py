@@ -18,9 +18,8 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from eventstore.database import create_database, database_url, drop_database, open_pool
-from eventstore.migrations import migrate
-from web.migrations import MIGRATIONS
-from web.settings import Settings
+from eventstore.migrations import MIGRATIONS, migrate
+from eventstore.settings import Settings
 
 pytest_plugins = ["tests.fakes.anthropic_server"]
 

@@ -28,8 +28,8 @@ from commands.providers import (
 from commands.providers import ModelUnavailable as ProviderUnavailable
 from commands.providers import RateLimited as ProviderRateLimited
 from commands.providers.offline import OfflineProvider
+from eventstore.settings import Settings
 from web.app import create_app
-from web.settings import Settings
 
 THROTTLE_TOPIC = "throttle the classifier"
 OUTAGE_TOPIC = "classifier outage"

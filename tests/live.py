@@ -13,9 +13,9 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from eventstore.settings import Settings
 from web.app import create_app
 from web.services import Services
-from web.settings import Settings
 
 
 @contextmanager

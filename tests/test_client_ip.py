@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 from starlette.datastructures import Headers
 
+from eventstore.settings import Settings
 from web.client_ip import client_ip
-from web.settings import Settings
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
 

@@ -27,10 +27,10 @@ from psycopg_pool import AsyncConnectionPool
 from eventstore.errors import AppendOnlyViolation, DuplicateEventId, WrongExpectedSeq
 from eventstore.events import BeatPartial, LessonCreated
 from eventstore.ids import new_id
+from eventstore.migrations import MIGRATIONS
 from eventstore.migrations import pending as pending_migrations
 from eventstore.store import EventMeta, EventStore, NewEvent, StoredEvent
 from tests.logkit import META, collect, other_process, partial, running, until
-from web.migrations import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 

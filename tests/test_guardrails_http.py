@@ -21,6 +21,7 @@ import structlog
 
 from commands.errors import ErrorCode
 from eventstore.events import ModelRunRecorded
+from eventstore.settings import Settings
 from eventstore.store import EventMeta, NewEvent
 from ops.cli import build_parser
 from tests.conftest import make_settings
@@ -34,7 +35,6 @@ from tests.guarded_app import (
 )
 from tests.live import serve
 from web.errors import STATUS
-from web.settings import Settings
 
 pytestmark = pytest.mark.anyio
 

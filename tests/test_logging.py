@@ -10,9 +10,9 @@ import orjson
 import pytest
 import structlog
 
+from eventstore.logconfig import configure_logging
 from tests.conftest import make_settings
 from tests.live import serve_app
-from web.logging import configure_logging
 
 
 @pytest.fixture

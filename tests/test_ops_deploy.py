@@ -25,8 +25,8 @@ import httpx
 import psycopg
 import pytest
 
+from eventstore.migrations import MIGRATIONS
 from tests.test_ops_nginx import free_port
-from web.migrations import MIGRATIONS
 
 pytestmark = pytest.mark.slow
 

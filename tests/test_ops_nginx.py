@@ -26,10 +26,10 @@ import httpx
 import orjson
 import pytest
 
+from eventstore.settings import Settings
 from tests import live
 from tests.conftest import make_settings
 from web.app import create_app
-from web.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "ops" / "nginx" / "omnitutor.conf"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from eventstore.settings import Settings
 from ops.cli import build_parser
-from web.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "ops" / "systemd"

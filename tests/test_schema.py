@@ -9,8 +9,7 @@ import psycopg
 import pytest
 
 from eventstore.errors import MigrationError
-from eventstore.migrations import Migration, migrate, pending, reset
-from web.migrations import MIGRATIONS
+from eventstore.migrations import MIGRATIONS, Migration, migrate, pending, reset
 
 # Contracts §2: every table and column of schema_v0 + schema_v2.
 CONTRACT_COLUMNS: dict[str, set[str]] = {

@@ -20,6 +20,7 @@ from commands.errors import CommandError, ErrorCode, Internal
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
+from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
 from web import health, lessons, sessions
@@ -28,7 +29,6 @@ from web.idempotency import IdempotencyMiddleware
 from web.lesson_runtime import open_provider, open_supervisor
 from web.middleware import RequestContext
 from web.services import Services
-from web.settings import Settings
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:

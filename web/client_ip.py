@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
+from eventstore.settings import IPNetwork
 from web.services import services
-from web.settings import IPNetwork
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN = "unknown"

@@ -20,10 +20,10 @@ from commands import moderation, ratelimit, spendcap
 from commands.providers import Provider
 from commands.ratelimit import Bucket, RateLimits
 from commands.sessions import Principal
+from eventstore.settings import Settings
 from eventstore.store import EventMeta
 from web.client_ip import request_client_ip
 from web.services import services
-from web.settings import Settings
 
 
 def event_meta(request: Request, principal: Principal) -> EventMeta:

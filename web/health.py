@@ -10,10 +10,9 @@ from starlette.routing import Route
 
 from commands.errors import Internal
 from eventstore.errors import StoreError
-from eventstore.migrations import applied_checksums, problems
+from eventstore.migrations import MIGRATIONS, applied_checksums, problems
 from projections.checkpoints import failures
 from web.errors import error_response
-from web.migrations import MIGRATIONS
 from web.services import services
 
 

@@ -9,8 +9,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from commands.generation import GenerationConfig, Supervisor, tier_models
 from commands.providers import Provider, ProviderConfig, Tier, make_provider
+from eventstore.settings import Settings
 from eventstore.store import EventStore
-from web.settings import Settings
 
 
 def provider_config(settings: Settings) -> ProviderConfig:

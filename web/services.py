@@ -12,8 +12,8 @@ from starlette.requests import Request
 from commands.generation import Supervisor
 from commands.providers import Provider
 from eventstore.hub import Hub
+from eventstore.settings import Settings
 from eventstore.store import EventStore
-from web.settings import Settings
 
 
 @dataclass
