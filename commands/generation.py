@@ -43,6 +43,7 @@ from commands.errors import CommandError, ErrorCode
 from commands.lesson_model import (
     NEW,
     LessonState,
+    RevisionSuperseded,
     Superseded,
     decide_complete_beat,
     decide_complete_lesson,
@@ -214,20 +215,27 @@ class LessonWorker:
             if beat is None:
                 await self.commit(lambda s: decide_complete_lesson(s, _now()))
                 continue
-            if not await self.generate(beat.ord):
-                return "failed"
+            try:
+                if not await self.generate(beat.ord):
+                    return "failed"
+            except RevisionSuperseded:
+                # A plan revision replaced this beat: its append no longer fitted the log,
+                # the fresh state has the new plan, and generation goes on under it.
+                log.info("plan revised mid-beat; continuing", ord=beat.ord)
+                continue
 
     async def generate(self, ord: int) -> bool:
         """Generate beat `ord` to completion; False when every attempt failed."""
         state = self.state
         if state.plan is None:
             raise Superseded("the lesson has no plan to generate from")
+        revision = state.revision_num
         stream_model = self.config.model(Tier.STREAMING)
         key = beat_cache_key(state.plan, ord, state.level, stream_model)
         beat_id = state.beat(ord).beat_id or new_id()
         cached = await cache_get(self.pool, key)
         if cached is not None:
-            await self.commit(lambda s: decide_start_beat(s, ord, beat_id, cached[0]))
+            await self.commit(lambda s: decide_start_beat(s, ord, beat_id, cached[0], revision))
             attempt = self.state.beat(ord).attempt
             content = beat_from_cache(cached[1])
             hit = CacheHit(key_kind="beat", model=cached[0])
@@ -243,7 +251,9 @@ class LessonWorker:
         while tiers:
             tier = tiers[0]
             model = self.config.model(tier)
-            await self.commit(partial(decide_start_beat, ord=ord, beat_id=beat_id, model=model))
+            await self.commit(
+                partial(decide_start_beat, ord=ord, beat_id=beat_id, model=model, revision=revision)
+            )
             attempt = self.state.beat(ord).attempt
             partials = Coalescer(self, ord, attempt, self.config.partial_interval_s)
             try:

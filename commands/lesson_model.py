@@ -42,6 +42,7 @@ from eventstore.events import (
     CacheHit,
     DomainEvent,
     ErrorRaised,
+    InteractionRecorded,
     LessonAbandoned,
     LessonCompleted,
     LessonCreated,
@@ -61,6 +62,10 @@ class Superseded(Conflict):
     """The decision was made on a view of the lesson that another writer has moved past."""
 
 
+class RevisionSuperseded(Superseded):
+    """A plan revision replaced the beat being generated: generation goes on under it."""
+
+
 @dataclass(frozen=True)
 class BeatState:
     ord: int
@@ -74,8 +79,9 @@ class BeatState:
     narration_text: str | None = None
     audio_url: str | None = None
     partial_text: str = ""  # deltas of the current attempt; dropped once the beat is ready
-    started_seq: int = 0  # seq of the event that began the current attempt
+    started_seq: int = 0  # seq of the event that began the current attempt (or superseded it)
     completed_seq: int = 0  # seq of beat.completed (0 while not ready)
+    revision: int = 0  # the plan revision this beat's content belongs to (0: none yet)
 
     @property
     def catch_up_from(self) -> int:
@@ -83,6 +89,28 @@ class BeatState:
         none of a complete beat (beat_complete carries it whole), and only the current
         attempt's of a beat being (re)generated."""
         return self.completed_seq if self.status == READY else self.started_seq
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One interaction.recorded of the lesson (ask, attempt, adjust, whiteboard, iterate)."""
+
+    interaction_id: str
+    type: str
+    beat_ord: int | None
+    payload: JSON
+    response: JSON | None
+    created_at: datetime | None
+
+    def json(self) -> JSON:
+        return {
+            "interaction_id": self.interaction_id,
+            "type": self.type,
+            "beat_ord": self.beat_ord,
+            "payload": self.payload,
+            "response": self.response,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -109,6 +137,9 @@ class LessonState:
     duration_ms: int | None = None
     failed_seq: int = 0  # seq of the last generation error (0 when none since)
     deleted: bool = False
+    revised_seq: int = 0  # seq of the latest plan.revised
+    superseded: tuple[int, ...] = ()  # ords the latest revision superseded
+    interactions: tuple[Interaction, ...] = ()
 
     def beat(self, ord: int) -> BeatState:
         for b in self.beats:
@@ -148,17 +179,28 @@ def _with_beat(state: LessonState, ord: int, **changes: Any) -> LessonState:
     )
 
 
-def _beats_of(plan: JSON, previous: Sequence[BeatState]) -> tuple[BeatState, ...]:
-    """Beats of a new plan revision; beats already generated under the same ord stay."""
-    kept = {b.ord: b for b in previous if b.status != PENDING}
+def _beats_of(
+    plan: JSON, previous: Sequence[BeatState], superseded: Sequence[int], seq: int
+) -> tuple[BeatState, ...]:
+    """Beats of a new plan revision (at `seq`): a superseded beat starts over (pending, its
+    history before `seq` left behind); any other beat keeps what it has.
+
+    A superseded beat keeps counting attempts, so a worker still writing the old attempt
+    can never match the attempt of its replacement (the fencing token survives revisions).
+    """
+    old = {b.ord: b for b in previous}
     out = []
     for pb in plan.get("beats", []):
-        old = kept.get(pb["ord"])
-        out.append(
-            old
-            if old is not None and old.status == READY
-            else BeatState(pb["ord"], pb["kind"], pb["title"], pb["est_min"])
-        )
+        fresh = BeatState(pb["ord"], pb["kind"], pb["title"], pb["est_min"])
+        before = old.get(pb["ord"])
+        if before is None:
+            out.append(fresh)
+        elif pb["ord"] in superseded:
+            out.append(replace(fresh, attempt=before.attempt, started_seq=seq))
+        elif before.status == PENDING:
+            out.append(replace(fresh, attempt=before.attempt, started_seq=before.started_seq))
+        else:
+            out.append(before)
     return tuple(out)
 
 
@@ -184,7 +226,10 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
                 s,
                 plan=event.plan,
                 revision_num=event.revision_num,
-                beats=_beats_of(event.plan, s.beats),
+                level=event.level or s.level,
+                beats=_beats_of(event.plan, s.beats, event.superseded, seq),
+                revised_seq=seq,
+                superseded=tuple(event.superseded),
             )
         case PlanLocked():
             return replace(s, status=ACTIVE, locked_seq=seq, locked_at=ts, locked_plan=s.plan)
@@ -198,6 +243,7 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
                 attempt=b.attempt + 1,
                 partial_text="",
                 started_seq=seq,
+                revision=s.revision_num,
             )
         case BeatPartial():
             b = s.beat(event.ord)
@@ -241,6 +287,11 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
             return replace(s, deleted=True)
         case ErrorRaised():
             return replace(s, failed_seq=seq)
+        case InteractionRecorded():
+            done = Interaction(
+                event.interaction_id, event.type, event.beat_ord, event.payload, event.response, ts
+            )
+            return replace(s, interactions=(*s.interactions, done))
         case _:
             return s
 
@@ -371,9 +422,17 @@ def _require_active(state: LessonState) -> None:
         raise Superseded(f"the lesson is {state.status}, not active")
 
 
-def decide_start_beat(state: LessonState, ord: int, beat_id: str, model: str) -> list[DomainEvent]:
-    """Begin beat `ord`: beat.started the first time, a reset partial on a restart."""
+def decide_start_beat(
+    state: LessonState, ord: int, beat_id: str, model: str, revision: int | None = None
+) -> list[DomainEvent]:
+    """Begin beat `ord`: beat.started the first time, a reset partial on a restart.
+
+    `revision` is the plan revision the caller prepared the beat from: if the plan has been
+    revised since, its preparation (the plan it sends the model, the cache key) is stale.
+    """
     _require_active(state)
+    if revision is not None and revision != state.revision_num:
+        raise RevisionSuperseded(f"the plan was revised to {state.revision_num}")
     b = state.beat(ord)
     if b.status == READY:
         raise Superseded(f"beat {ord} is already complete")
@@ -386,6 +445,8 @@ def _require_attempt(state: LessonState, ord: int, attempt: int) -> BeatState:
     _require_active(state)
     b = state.beat(ord)
     if b.status != STREAMING or b.attempt != attempt:
+        if b.started_seq == state.revised_seq and b.status == PENDING:
+            raise RevisionSuperseded(f"beat {ord} was superseded by a plan revision")
         raise Superseded(f"beat {ord} attempt {attempt} was superseded")
     return b
 
@@ -490,3 +551,132 @@ def decide_abandon(state: LessonState) -> list[DomainEvent]:
         raise Conflict("This lesson is already complete.")
     done = [b.ord for b in state.beats if b.status == READY]
     return [LessonAbandoned(last_beat_ord=max(done, default=0))]
+
+
+# ---- revisions and interactions ---------------------------------------------------------------
+
+
+def decide_interaction(
+    state: LessonState,
+    interaction: InteractionRecorded,
+    runs: Sequence[ModelRunRecorded] = (),
+) -> list[DomainEvent]:
+    """Record an ask, attempt or whiteboard (finished lessons too: they are for review)."""
+    if state.status == NEW or state.deleted:
+        raise NotFound("No lesson with this id.")
+    return [*runs, interaction]
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A plan revision a handler prepared: which plan, why, and which beats it replaces.
+
+    `current_ord` is the beat the student is on; for an adjust, beats after it are
+    superseded (contracts §5). `only_ord` names one beat to regenerate instead.
+    """
+
+    plan: JSON
+    triggered_by: str  # adjust | iterate
+    feedback_text: str | None
+    level: str | None = None
+    current_ord: int = 0
+    only_ord: int | None = None
+
+
+def superseded_ords(state: LessonState, revision: Revision) -> list[int]:
+    if revision.only_ord is not None:
+        return [revision.only_ord]
+    ords = {b.ord for b in state.beats} | {int(b["ord"]) for b in revision.plan["beats"]}
+    return sorted(o for o in ords if o > revision.current_ord)
+
+
+def kept_plan(state: LessonState, revision: Revision) -> JSON:
+    """The revised plan with every beat up to `current_ord` exactly as the lesson has it."""
+    old = {int(b["ord"]): b for b in (state.plan or {}).get("beats", [])}
+    beats = [
+        old[int(b["ord"])] if int(b["ord"]) <= revision.current_ord and int(b["ord"]) in old else b
+        for b in revision.plan["beats"]
+    ]
+    return {**revision.plan, "beats": beats}
+
+
+def decide_adjust(
+    state: LessonState,
+    revision: Revision,
+    interaction: InteractionRecorded,
+    runs: Sequence[ModelRunRecorded] = (),
+) -> list[DomainEvent]:
+    """The next plan revision of an active lesson, mid-stream.
+
+    Whichever is appended first wins the race with the last beat: once `lesson.completed`
+    is in the log there is nothing to adjust (Conflict); once `plan.revised` is, the beat
+    generation was finishing no longer fits the log and is written again.
+    """
+    if state.status == NEW or state.deleted:
+        raise NotFound("No lesson with this id.")
+    if state.status == DRAFT:
+        raise Conflict("This lesson has not started; change its plan with POST /v1/plan.")
+    if state.status != ACTIVE:
+        raise Conflict(f"This lesson is {state.status}; it can no longer be adjusted.")
+    plan = kept_plan(state, revision)
+    return [
+        *runs,
+        PlanRevised(
+            revision_num=state.revision_num + 1,
+            plan=plan,
+            triggered_by=revision.triggered_by,
+            feedback_text=revision.feedback_text,
+            superseded=superseded_ords(state, revision),
+            level=revision.level,
+        ),
+        interaction,
+    ]
+
+
+def decide_iterate(
+    state: LessonState,
+    plan: Plan,
+    beat1: BeatContent,
+    beat1_id: str,
+    *,
+    model: str,
+    feedback_text: str | None,
+    interaction: InteractionRecorded,
+    runs: Sequence[ModelRunRecorded] = (),
+) -> list[DomainEvent]:
+    """A new plan (and beat 1) for a lesson whose stream never opened; Conflict after."""
+    if state.status == NEW or state.deleted:
+        raise NotFound("No lesson with this id.")
+    if state.status != DRAFT or state.locked:
+        raise Conflict("This lesson has started; adjust it instead of iterating its plan.")
+    new_plan = plan_json(plan)
+    ords = {b.ord for b in state.beats} | {b.ord for b in plan.beats}
+    first = plan.beats[0]
+    return [
+        *runs,
+        PlanRevised(
+            revision_num=state.revision_num + 1,
+            plan=new_plan,
+            triggered_by="iterate",
+            feedback_text=feedback_text,
+            superseded=sorted(ords),
+        ),
+        BeatStarted(ord=1, beat_id=beat1_id, kind=first.kind, title=first.title, model=model),
+        BeatCompleted(
+            ord=1,
+            beat_id=beat1_id,
+            kind=first.kind,
+            content_json=beat1.content_json,
+            narration_text=beat1.narration_text,
+        ),
+        interaction,
+    ]
+
+
+def student_position(state: LessonState, advanced_to: int | None) -> int:
+    """The beat the student is on: the last `beat.advance` they sent, else the last beat
+    completed (beat 1 at least)."""
+    if advanced_to is not None and any(b.ord == advanced_to for b in state.beats):
+        return advanced_to
+    done = [b.ord for b in state.beats if b.status == READY]
+    return max(done, default=1)

@@ -71,3 +71,47 @@ class AbandonLesson:
 
     caller: Caller
     lesson_id: str
+
+
+@dataclass(frozen=True)
+class Ask:
+    """POST /v1/lesson/{id}/ask: a question mid-lesson."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """POST /v1/lesson/{id}/attempt: an answer to a problem or test beat."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Adjust:
+    """POST /v1/lesson/{id}/adjust: rework the rest of the lesson (or one beat)."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class IteratePlan:
+    """POST /v1/plan with a lesson_id: a new plan for a lesson that has not started."""
+
+    caller: Caller
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Whiteboard:
+    """POST /v1/lesson/{id}/whiteboard: a drawing for the tutor to comment on."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]

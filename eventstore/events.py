@@ -43,14 +43,26 @@ class LessonCreated:
 
 @dataclass(frozen=True)
 class PlanRevised:
-    """A plan version: the first (initial), or one after an iterate or adjust."""
+    """A plan version: the first (initial), or one after an iterate or adjust.
+
+    `superseded` names the ords whose beats this revision replaces: what was generated of
+    them before it is history (the stream's catch-up skips it, generation writes them
+    again). Beats not named keep what they have. `level` is the lesson's level from this
+    revision on (None: unchanged). Beat events belong to the latest revision before them
+    in the log (their revision is their position, not a field).
+
+    v1 → v2: `superseded` and `level` added (a v1 revision was always the initial one,
+    before any beat but beat 1 existed, so it superseded nothing).
+    """
 
     TYPE: ClassVar[str] = "plan.revised"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     revision_num: int
     plan: JSON  # {summary, beats: [{ord, kind, title, est_min}], after}
     triggered_by: str  # initial | iterate | adjust
     feedback_text: str | None = None
+    superseded: list[int] = dataclasses.field(default_factory=list)
+    level: str | None = None
 
 
 @dataclass(frozen=True)
@@ -285,7 +297,9 @@ CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
 )
 
 # (type, stored version) → function from that version's payload to the next version's.
-_UPCASTERS: dict[tuple[str, int], Callable[[JSON], JSON]] = {}
+_UPCASTERS: dict[tuple[str, int], Callable[[JSON], JSON]] = {
+    (PlanRevised.TYPE, 1): lambda p: {**p, "superseded": [], "level": None},
+}
 
 
 class UnknownEventType(ValueError):

@@ -16,8 +16,11 @@ from typing import Any
 from starlette.applications import Starlette
 
 from commands.providers import (
+    Adjustment,
     BeatContent,
     DeltaCallback,
+    Drawing,
+    Grade,
     ModelRun,
     Plan,
     PlanRequest,
@@ -86,6 +89,21 @@ class ScriptedProvider:
         self, question: str, plan: Plan, ord: int, request: PlanRequest
     ) -> Result[str]:
         return await self._offline.answer(question, plan, ord, request)
+
+    async def grade(
+        self, problem: dict[str, Any], answer: str, request: PlanRequest
+    ) -> Result[Grade]:
+        return await self._offline.grade(problem, answer, request)
+
+    async def revise_plan(
+        self, plan: Plan, adjustment: Adjustment, request: PlanRequest
+    ) -> Result[Plan]:
+        return await self._offline.revise_plan(plan, adjustment, request)
+
+    async def comment_drawing(
+        self, drawing: Drawing, text: str, plan: Plan, ord: int, request: PlanRequest
+    ) -> Result[str]:
+        return await self._offline.comment_drawing(drawing, text, plan, ord, request)
 
     async def hello(self) -> Result[str]:
         return await self._offline.hello()

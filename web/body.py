@@ -8,13 +8,24 @@ and turns invalid UTF-8, bad JSON, absurd nesting and non-objects into `invalid_
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 
 from commands.errors import ErrorCode
+from commands.interaction_input import WHITEBOARD_BODY_BYTES
 from web.errors import ApiError
+
+# The one route whose bodies may exceed OMNITUTOR_MAX_BODY_BYTES: a whiteboard drawing is up
+# to 2 MB decoded, so its base64 body is larger (commands/interaction_input.py).
+_LARGE_BODY_ROUTE = re.compile(r"^/v1/lesson/[^/]+/whiteboard/?$")
+
+
+def limit_for(path: str, default: int) -> int:
+    """The body size limit of the route at `path` (readers before the route use it too)."""
+    return max(default, WHITEBOARD_BODY_BYTES) if _LARGE_BODY_ROUTE.match(path) else default
 
 
 def _is_json(content_type: str) -> bool:

@@ -38,6 +38,7 @@ from commands.bootstrap import Deps
 from commands.errors import CommandError, ErrorCode, Internal, Unauthorized
 from commands.sessions import authenticate
 from eventstore.errors import DatabaseUnavailable, StoreError
+from web.body import limit_for
 from web.errors import ApiError, error_response
 from web.requests import COOKIE
 
@@ -80,7 +81,7 @@ class IdempotencyMiddleware:
             structlog.contextvars.bind_contextvars(
                 user_id=principal.user_id, session_id=principal.session_id
             )
-            body = await _read_body(receive, svc.settings.max_body_bytes)
+            body = await _read_body(receive, limit_for(scope["path"], svc.settings.max_body_bytes))
             route = f"POST {scope['path']}"
             outcome = await idempotency.claim(
                 svc.pool, principal.user_id, key, idempotency.request_hash(route, body)

@@ -51,8 +51,13 @@ async def caller(request: Request) -> Caller:
     return Caller.of(await principal(request), request_client_ip(request), trace_id(request))
 
 
-async def body(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    return await read_json_object(request, deps(request).settings.max_body_bytes, optional=optional)
+async def body(
+    request: Request, *, optional: bool = False, limit: int | None = None
+) -> dict[str, Any]:
+    """The JSON object body; `limit` raises OMNITUTOR_MAX_BODY_BYTES for one route (never
+    lowers it)."""
+    size = max(deps(request).settings.max_body_bytes, limit or 0)
+    return await read_json_object(request, size, optional=optional)
 
 
 def answer(request: Request, result: Answer, status_code: int = 200) -> JSONResponse:

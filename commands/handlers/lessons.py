@@ -188,6 +188,7 @@ class LessonAnswer:
             "completed_at": completed.isoformat() if completed else None,
             "duration_ms": state.duration_ms,
             "model_costs": costs_by_family(state),
+            "interactions": [i.json() for i in state.interactions],
         }
 
 

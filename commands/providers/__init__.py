@@ -26,9 +26,13 @@ from commands.errors import CommandError
 
 __all__ = [
     "BEAT_KINDS",
+    "GRADE_VERDICTS",
     "MODERATION_CATEGORIES",
+    "Adjustment",
     "BeatContent",
     "DeltaCallback",
+    "Drawing",
+    "Grade",
     "InvalidOutput",
     "ModelRun",
     "ModelUnavailable",
@@ -134,6 +138,38 @@ class PlanRequest:
 
 
 @dataclass(frozen=True)
+class Grade:
+    """A graded attempt: correct | partial | incorrect, and what to tell the student."""
+
+    verdict: str
+    feedback: str
+
+
+GRADE_VERDICTS: tuple[str, ...] = ("correct", "partial", "incorrect")
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """What the student asked to change mid-lesson: the level (pop | hs | ug | grad, after
+    easier/harder were resolved), axes they named, free feedback; beats after
+    ``current_ord`` are rewritten."""
+
+    level: str
+    direction: str | None  # easier | harder | None (a level named outright, or feedback only)
+    axes: tuple[str, ...]
+    feedback: str | None
+    current_ord: int
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """A student's whiteboard image: raw bytes and their media type (image/png …)."""
+
+    data: bytes
+    media_type: str
+
+
+@dataclass(frozen=True)
 class Verdict:
     allowed: bool
     category: str | None  # one of MODERATION_CATEGORIES when not allowed
@@ -204,6 +240,26 @@ class Provider(Protocol):
         self, question: str, plan: Plan, ord: int, request: PlanRequest
     ) -> Result[str]:
         """Answer a mid-lesson question about beat ``ord``, FAST tier."""
+        ...
+
+    async def grade(
+        self, problem: dict[str, Any], answer: str, request: PlanRequest
+    ) -> Result[Grade]:
+        """Grade a free answer to a beat's ``problem`` (prompt, answer, solution), FAST tier."""
+        ...
+
+    async def revise_plan(
+        self, plan: Plan, adjustment: Adjustment, request: PlanRequest
+    ) -> Result[Plan]:
+        """The plan rewritten after ``adjustment.current_ord`` (beats up to it unchanged),
+        FAST tier."""
+        ...
+
+    async def comment_drawing(
+        self, drawing: Drawing, text: str, plan: Plan, ord: int, request: PlanRequest
+    ) -> Result[str]:
+        """Comment on a student's drawing for beat ``ord`` (the image goes to the model as
+        an image block), FAST tier."""
         ...
 
     async def hello(self) -> Result[str]:

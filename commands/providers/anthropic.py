@@ -26,17 +26,21 @@ visible here: such a call is one ModelRun.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 import anthropic
-from anthropic.types import MessageParam
+from anthropic.types import ContentBlockParam, ImageBlockParam, MessageParam, TextBlockParam
 
 from commands.providers import (
+    Adjustment,
     BeatContent,
     DeltaCallback,
+    Drawing,
+    Grade,
     InvalidOutput,
     ModelRun,
     ModelUnavailable,
@@ -61,6 +65,13 @@ PLAN_MAX_TOKENS = 4096
 BEAT_MAX_TOKENS = 2048
 MODERATION_MAX_TOKENS = 200
 ANSWER_MAX_TOKENS = 512
+GRADE_MAX_TOKENS = 300
+# The image types a whiteboard drawing may have (checked from its bytes upstream).
+IMAGE_MEDIA_TYPES: dict[str, Literal["image/png", "image/jpeg", "image/webp"]] = {
+    "image/png": "image/png",
+    "image/jpeg": "image/jpeg",
+    "image/webp": "image/webp",
+}
 HELLO_MAX_TOKENS = 64
 UNAVAILABLE_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "timeout_error"})
 
@@ -146,6 +157,51 @@ class AnthropicProvider:
         message = prompts.answer_message(question, plan, ord, request)
         return await self._text_call("ask", prompts.ANSWER_SYSTEM, message, ANSWER_MAX_TOKENS)
 
+    async def grade(
+        self, problem: dict[str, Any], answer: str, request: PlanRequest
+    ) -> Result[Grade]:
+        return await self._json_call(
+            Tier.FAST,
+            "attempt",
+            prompts.GRADE_SYSTEM,
+            prompts.grade_message(problem, answer, request),
+            prompts.parse_grade,
+            GRADE_MAX_TOKENS,
+        )
+
+    async def revise_plan(
+        self, plan: Plan, adjustment: Adjustment, request: PlanRequest
+    ) -> Result[Plan]:
+        return await self._json_call(
+            Tier.FAST,
+            "adjust",
+            prompts.REVISE_SYSTEM,
+            prompts.revise_message(plan, adjustment, request),
+            prompts.parse_revised_plan,
+            PLAN_MAX_TOKENS,
+        )
+
+    async def comment_drawing(
+        self, drawing: Drawing, text: str, plan: Plan, ord: int, request: PlanRequest
+    ) -> Result[str]:
+        # The Messages API's image block: base64 data with its media type, then the text.
+        image: ImageBlockParam = {
+            "type": "image",
+            "source": {
+                "type": "base64",
+                "media_type": IMAGE_MEDIA_TYPES[drawing.media_type],
+                "data": base64.b64encode(drawing.data).decode("ascii"),
+            },
+        }
+        note: TextBlockParam = {
+            "type": "text",
+            "text": prompts.drawing_message(text, plan, ord, request),
+        }
+        content: list[ContentBlockParam] = [image, note]
+        return await self._text_call(
+            "whiteboard", prompts.DRAWING_SYSTEM, content, ANSWER_MAX_TOKENS
+        )
+
     async def hello(self) -> Result[str]:
         message = prompts.hello_message()
         return await self._text_call("hello", prompts.HELLO_SYSTEM, message, HELLO_MAX_TOKENS)
@@ -153,7 +209,7 @@ class AnthropicProvider:
     # ---- calls --------------------------------------------------------------------------
 
     async def _text_call(
-        self, purpose: str, system: str, user: str, max_tokens: int
+        self, purpose: str, system: str, user: str | list[ContentBlockParam], max_tokens: int
     ) -> Result[str]:
         messages: list[MessageParam] = [{"role": "user", "content": user}]
         reply = await self._create(Tier.FAST, purpose, system, messages, max_tokens, ())

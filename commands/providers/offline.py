@@ -39,8 +39,11 @@ from decimal import Decimal
 from typing import Any
 
 from commands.providers import (
+    Adjustment,
     BeatContent,
     DeltaCallback,
+    Drawing,
+    Grade,
     ModelRun,
     Plan,
     PlanBeat,
@@ -53,7 +56,16 @@ from commands.providers import (
 )
 from commands.providers.prices import OFFLINE_MODEL
 
-__all__ = ["OfflineProvider", "build_beat", "build_plan", "classify", "count_tokens"]
+__all__ = [
+    "OfflineProvider",
+    "build_beat",
+    "build_drawing_comment",
+    "build_grade",
+    "build_plan",
+    "build_revised_plan",
+    "classify",
+    "count_tokens",
+]
 
 DEFAULT_MINUTES = 20
 MIN_MINUTES = 5
@@ -474,6 +486,64 @@ def build_answer(question: str, plan: Plan, ord: int, request: PlanRequest) -> s
     )
 
 
+def _words_of(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2}
+
+
+def build_grade(problem: dict[str, Any], answer: str) -> Grade:
+    """correct when the answer says what the expected one says (case, spacing and
+    punctuation aside), partial when it shares at least half of its words, else incorrect."""
+    expected = str(problem.get("answer", ""))
+    solution = str(problem.get("solution", ""))
+    if " ".join(sorted(_words_of(answer))) == " ".join(sorted(_words_of(expected))):
+        return Grade("correct", f"Correct. {solution}".strip())
+    wanted = _words_of(expected)
+    shared = len(wanted & _words_of(answer)) / len(wanted) if wanted else 0.0
+    if shared >= 0.5:
+        return Grade("partial", f"Partly there. The expected answer: {expected}. {solution}")
+    return Grade("incorrect", f"Not quite. The expected answer: {expected}. {solution}")
+
+
+_DIRECTION_WORDS = {"easier": "Gently", "harder": "Going deeper"}
+
+
+def build_revised_plan(plan: Plan, adjustment: Adjustment) -> Plan:
+    """The plan with beats after the current one retitled for the adjustment (kinds and
+    minutes kept) and a summary naming it, so every revision has content of its own."""
+    label = (
+        _DIRECTION_WORDS.get(adjustment.direction or "")
+        or (f"At {adjustment.level} level" if adjustment.direction is None else "")
+        or "Revised"
+    )
+    beats = tuple(
+        b
+        if b.ord <= adjustment.current_ord
+        else PlanBeat(b.ord, b.kind, f"{label}: {b.title.split(': ', 1)[-1]}", b.est_min)
+        for b in plan.beats
+    )
+    what = ", ".join(
+        part
+        for part in (
+            adjustment.direction or adjustment.level,
+            *adjustment.axes,
+            _clean(adjustment.feedback or "", "", 60),
+        )
+        if part
+    )
+    summary = f"{plan.summary.split(' · adjusted:', 1)[0]} · adjusted: {what}"
+    return Plan(summary=summary, beats=beats, after=plan.after)
+
+
+def build_drawing_comment(drawing: Drawing, text: str, plan: Plan, ord: int) -> str:
+    beat = plan.beats[min(max(ord, 1), len(plan.beats)) - 1]
+    kind = drawing.media_type.removeprefix("image/").upper()
+    note = f" You wrote: {_clean(text, '', 200)}" if text.strip() else ""
+    return (
+        f"Thanks for the drawing ({kind}, {len(drawing.data)} bytes).{note} For *{beat.title}*, "
+        "label each quantity you drew and mark how one changes when another does."
+    )
+
+
 HELLO_TEXT = "Hello! I'm OmniTutor running offline. What would you like to learn today?"
 
 
@@ -550,6 +620,32 @@ class OfflineProvider:
         text = build_answer(question, plan, ord, request)
         prompt = prompts.ANSWER_SYSTEM + prompts.answer_message(question, plan, ord, request)
         return Result(value=text, runs=(_run("ask", prompt, text, started),))
+
+    async def grade(
+        self, problem: dict[str, Any], answer: str, request: PlanRequest
+    ) -> Result[Grade]:
+        started = time.perf_counter()
+        grade = build_grade(problem, answer)
+        prompt = prompts.GRADE_SYSTEM + prompts.grade_message(problem, answer, request)
+        output = _json(prompts.grade_to_json(grade))
+        return Result(value=grade, runs=(_run("attempt", prompt, output, started),))
+
+    async def revise_plan(
+        self, plan: Plan, adjustment: Adjustment, request: PlanRequest
+    ) -> Result[Plan]:
+        started = time.perf_counter()
+        revised = build_revised_plan(plan, adjustment)
+        prompt = prompts.REVISE_SYSTEM + prompts.revise_message(plan, adjustment, request)
+        output = _json(prompts.plan_to_wire(revised))
+        return Result(value=revised, runs=(_run("adjust", prompt, output, started),))
+
+    async def comment_drawing(
+        self, drawing: Drawing, text: str, plan: Plan, ord: int, request: PlanRequest
+    ) -> Result[str]:
+        started = time.perf_counter()
+        comment = build_drawing_comment(drawing, text, plan, ord)
+        prompt = prompts.DRAWING_SYSTEM + prompts.drawing_message(text, plan, ord, request)
+        return Result(value=comment, runs=(_run("whiteboard", prompt, comment, started),))
 
     async def hello(self) -> Result[str]:
         started = time.perf_counter()

@@ -36,8 +36,11 @@ from typing import Any
 
 from commands.providers import (
     BEAT_KINDS,
+    GRADE_VERDICTS,
     MODERATION_CATEGORIES,
+    Adjustment,
     BeatContent,
+    Grade,
     Plan,
     PlanBeat,
     PlanRequest,
@@ -47,21 +50,31 @@ from commands.providers import (
 __all__ = [
     "ANSWER_SYSTEM",
     "BEAT_SYSTEM",
+    "DRAWING_SYSTEM",
+    "GRADE_SYSTEM",
     "HELLO_SYSTEM",
     "MODERATION_SYSTEM",
     "PLAN_SYSTEM",
+    "REVISE_SYSTEM",
     "BodyDeltaExtractor",
     "OutputError",
     "answer_message",
     "beat_message",
     "beat_to_json",
+    "drawing_message",
+    "grade_message",
+    "grade_to_json",
     "moderation_message",
     "parse_beat",
+    "parse_grade",
     "parse_plan",
+    "parse_revised_plan",
     "parse_verdict",
     "plan_message",
     "plan_to_json",
+    "plan_to_wire",
     "repair_message",
+    "revise_message",
     "validate_beat",
     "validate_plan",
 ]
@@ -124,6 +137,33 @@ ANSWER_SYSTEM = (
 
 HELLO_SYSTEM = "You are OmniTutor, a friendly tutor. Reply with one short sentence."
 
+GRADE_SYSTEM = (
+    "You are OmniTutor grading a student's answer. The user message is a JSON object with "
+    "the problem (prompt, expected answer, worked solution) and the student's answer. Judge "
+    "the substance, not the wording. Reply with ONE JSON object and nothing else: "
+    '{"verdict": "correct" | "partial" | "incorrect", "feedback": string (at most 80 words, '
+    "addressed to the student, saying what is right and what to fix)}."
+)
+
+REVISE_SYSTEM = (
+    "You are OmniTutor, a patient expert tutor adjusting a lesson that is under way. The "
+    "user message is a JSON object with the current plan, the ord of the beat the student "
+    "is on, and the adjustment (target level, direction, axes, feedback). Keep every beat "
+    "with ord up to the current one exactly as it is, and rewrite the beats after it for "
+    "the adjustment. Reply with ONE JSON object and nothing else, of the shape "
+    '{"summary": string, "beats": [{"ord": int, "kind": string, "title": string, '
+    f'"est_min": int}}], "after": string}}, with {MIN_BEATS} to {MAX_BEATS} beats, ords 1..N '
+    f"in order, kind one of {', '.join(BEAT_KINDS)}, and a test beat near the end."
+)
+
+DRAWING_SYSTEM = (
+    "You are OmniTutor, a patient expert tutor in the middle of a lesson. The student drew "
+    "something on the whiteboard (the image) and may have written a note. The text part is "
+    "a JSON object with the plan, the current beat and the note. Comment on the drawing in "
+    "at most 120 words of plain text: what is right, what to look at again, connected to "
+    "the current beat."
+)
+
 
 class OutputError(ValueError):
     """The model's text is not the JSON shape asked for; the message says what is wrong."""
@@ -176,6 +216,46 @@ def answer_message(question: str, plan: Plan, ord: int, request: PlanRequest) ->
             "plan": _plan_json(plan),
             "ord": ord,
             "question": question,
+        }
+    )
+
+
+def grade_message(problem: Mapping[str, Any], answer: str, request: PlanRequest) -> str:
+    return _dumps(
+        {
+            "task": "grade",
+            **_request_json(request),
+            "problem": {k: problem.get(k) for k in ("prompt", "answer", "solution")},
+            "student_answer": answer,
+        }
+    )
+
+
+def revise_message(plan: Plan, adjustment: Adjustment, request: PlanRequest) -> str:
+    return _dumps(
+        {
+            "task": "revise",
+            **_request_json(request),
+            "plan": _plan_json(plan),
+            "current_ord": adjustment.current_ord,
+            "adjustment": {
+                "level": adjustment.level,
+                "direction": adjustment.direction,
+                "axes": list(adjustment.axes),
+                "feedback": adjustment.feedback,
+            },
+        }
+    )
+
+
+def drawing_message(text: str, plan: Plan, ord: int, request: PlanRequest) -> str:
+    return _dumps(
+        {
+            "task": "whiteboard",
+            **_request_json(request),
+            "plan": _plan_json(plan),
+            "ord": ord,
+            "note": text,
         }
     )
 
@@ -329,6 +409,26 @@ def parse_plan(text: str) -> tuple[Plan, BeatContent]:
 
 def parse_beat(text: str, kind: str) -> BeatContent:
     return validate_beat(_load_object(text), kind)
+
+
+def parse_grade(text: str) -> Grade:
+    obj = _load_object(text)
+    verdict = obj.get("verdict")
+    if verdict not in GRADE_VERDICTS:
+        raise OutputError(f"verdict must be one of {', '.join(GRADE_VERDICTS)}")
+    return Grade(verdict=str(verdict), feedback=_text(obj, "feedback", "grade"))
+
+
+def grade_to_json(grade: Grade) -> dict[str, Any]:
+    return {"verdict": grade.verdict, "feedback": grade.feedback}
+
+
+def parse_revised_plan(text: str) -> Plan:
+    return validate_plan(_load_object(text))
+
+
+def plan_to_wire(plan: Plan) -> dict[str, Any]:
+    return _plan_json(plan)
 
 
 def parse_verdict(text: str) -> Verdict:

@@ -19,6 +19,7 @@ gives a reset server per test (the server itself starts once per session).
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import threading
@@ -33,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from commands.providers import PlanRequest, offline, prompts
+from commands.providers import Adjustment, Drawing, PlanRequest, offline, prompts
 from tests.live import serve
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "StreamErrorReply",
     "TextReply",
     "fake_anthropic",
+    "image_blocks",
     "overloaded",
     "rate_limited",
     "server_error",
@@ -150,7 +152,7 @@ def default_reply_text(request: RecordedRequest) -> str:
     """A valid reply for the request's task, from the offline tutor's deterministic content."""
     payload = _first_user_json(request.messages) or {}
     task = payload.get("task")
-    if task in {"plan", "beat", "ask"}:
+    if task in {"plan", "beat", "ask", "grade", "revise", "whiteboard"}:
         intent = payload.get("intent")
         plan_request = PlanRequest(
             subject=str(payload.get("subject", "")),
@@ -162,7 +164,31 @@ def default_reply_text(request: RecordedRequest) -> str:
             plan = offline.build_plan(plan_request)
             beat1 = offline.build_beat(plan, 1, plan_request)
             return json.dumps(prompts.plan_to_json(plan, beat1))
+        if task == "grade":
+            problem = payload.get("problem")
+            answer = str(payload.get("student_answer", ""))
+            grade = offline.build_grade(problem if isinstance(problem, dict) else {}, answer)
+            return json.dumps(prompts.grade_to_json(grade))
         plan = prompts.validate_plan(payload["plan"])
+        if task == "revise":
+            wanted = payload.get("adjustment")
+            wanted = wanted if isinstance(wanted, dict) else {}
+            adjustment = Adjustment(
+                level=str(wanted.get("level", "")),
+                direction=wanted.get("direction"),
+                axes=tuple(wanted.get("axes") or ()),
+                feedback=wanted.get("feedback"),
+                current_ord=int(payload.get("current_ord", 0)),
+            )
+            revised = offline.build_revised_plan(plan, adjustment)
+            return json.dumps(prompts.plan_to_wire(revised))
+        if task == "whiteboard":
+            images = image_blocks(request)
+            data = base64.b64decode(images[0]["source"]["data"]) if images else b""
+            media_type = images[0]["source"]["media_type"] if images else "image/png"
+            drawing = Drawing(data, str(media_type))
+            note = str(payload.get("note", ""))
+            return offline.build_drawing_comment(drawing, note, plan, int(payload["ord"]))
         ord_ = int(payload["ord"])
         if task == "beat":
             return json.dumps(prompts.beat_to_json(offline.build_beat(plan, ord_, plan_request)))
@@ -171,6 +197,17 @@ def default_reply_text(request: RecordedRequest) -> str:
         verdict = offline.classify(str(payload.get("text", "")))
         return json.dumps({"allowed": verdict.allowed, "category": verdict.category})
     return "Hello! This is the fake Messages API."
+
+
+def image_blocks(request: RecordedRequest) -> list[dict[str, Any]]:
+    """The image content blocks of the request's user messages, as sent."""
+    return [
+        block
+        for message in request.messages
+        if message.get("role") == "user" and isinstance(message.get("content"), list)
+        for block in message["content"]
+        if isinstance(block, dict) and block.get("type") == "image"
+    ]
 
 
 def is_moderation(request: RecordedRequest) -> bool:
