@@ -219,9 +219,10 @@ class LessonWorker:
                 if not await self.generate(beat.ord):
                     return "failed"
             except RevisionSuperseded:
-                # A plan revision replaced this beat: its append no longer fitted the log,
-                # the fresh state has the new plan, and generation goes on under it.
+                # A plan revision replaced this beat: its append no longer fitted the log.
+                # Read what it missed (the new plan) and go on under it.
                 log.info("plan revised mid-beat; continuing", ord=beat.ord)
+                await self.refresh()
                 continue
 
     async def generate(self, ord: int) -> bool:
