@@ -282,14 +282,15 @@ def test_adjust_is_idempotent_and_refused_when_it_cannot_apply(
         r = client.post(f"/v1/lesson/{lesson_id}/adjust", json={"level": "harder"})
         assert r.status_code == 409
         assert r.json()["code"] == "conflict"
-        for body, field in (
+        bad_bodies: list[tuple[dict[str, Any], str]] = [
             ({"level": "wizard"}, "level"),
             ({"axes": "pace"}, "axes"),
             ({"regenerate_beat": 2, "feedback": "x"}, "feedback"),
             ({"feedback": "y" * 2001}, "feedback"),
-        ):
-            r = client.post(f"/v1/lesson/{draft}/adjust", json=body)
-            assert (r.status_code, r.json().get("field")) == (400, field), body
+        ]
+        for bad, field in bad_bodies:
+            r = client.post(f"/v1/lesson/{draft}/adjust", json=bad)
+            assert (r.status_code, r.json().get("field")) == (400, field), bad
 
 
 def test_iterate_a_draft_plan_then_conflict_once_started(server: str, db_url: str) -> None:
