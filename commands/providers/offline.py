@@ -510,11 +510,7 @@ _DIRECTION_WORDS = {"easier": "Gently", "harder": "Going deeper"}
 def build_revised_plan(plan: Plan, adjustment: Adjustment) -> Plan:
     """The plan with beats after the current one retitled for the adjustment (kinds and
     minutes kept) and a summary naming it, so every revision has content of its own."""
-    label = (
-        _DIRECTION_WORDS.get(adjustment.direction or "")
-        or (f"At {adjustment.level} level" if adjustment.direction is None else "")
-        or "Revised"
-    )
+    label = _DIRECTION_WORDS.get(adjustment.direction or "", "Revised")
     beats = tuple(
         b
         if b.ord <= adjustment.current_ord
