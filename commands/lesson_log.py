@@ -55,15 +55,16 @@ async def commit(
     meta: EventMeta,
     *,
     on_conflict: Exception | None = None,
+    retries: int = CONFLICT_RETRIES,
 ) -> tuple[list[StoredEvent], LessonState]:
     """Decide on `state` and append; on a conflict fold what was missed and decide again.
 
     Returns the events that became known (missed ones, then the appended ones) and the state
-    after them. After CONFLICT_RETRIES conflicts in a row, raises `on_conflict` (a Conflict
-    by default): the lesson is changing faster than this writer can decide.
+    after them. After `retries` conflicts in a row, raises `on_conflict` (a Conflict by
+    default): the lesson is changing faster than this writer can decide.
     """
     known: list[StoredEvent] = []
-    for _ in range(CONFLICT_RETRIES):
+    for _ in range(retries):
         new = decide(state)
         if not new:
             return known, state

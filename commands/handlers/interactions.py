@@ -63,6 +63,10 @@ from eventstore.store import NewEvent
 
 T = TypeVar("T")
 
+# A student's interaction competes with the generator, which appends a partial every
+# beat_partial_ms: it re-decides on each conflict, and gets more tries than the default.
+STUDENT_RETRIES = 32
+
 _Q = load_queries(Path(__file__).parent.parent / "sql" / "interactions.sql")
 
 
@@ -146,7 +150,11 @@ async def _record(
     runs: Sequence[ModelRunRecorded],
 ) -> None:
     await lesson_log.commit(
-        deps.store, state, lambda s: decide_interaction(s, interaction, runs), caller.meta()
+        deps.store,
+        state,
+        lambda s: decide_interaction(s, interaction, runs),
+        caller.meta(),
+        retries=STUDENT_RETRIES,
     )
 
 
@@ -367,6 +375,7 @@ async def adjust(cmd: Adjust, deps: Deps) -> AdjustAnswer:
         state,
         lambda s: decide_adjust(s, revision, _with_revision(interaction, s), runs),
         caller.meta(),
+        retries=STUDENT_RETRIES,
     )
     # Whoever owns the generation notices the revision at its next append; this makes sure
     # someone owns it (a worker that had stopped on an error is re-armed).
