@@ -9,7 +9,12 @@ sockets that can hold thousands of SSE connections:
 2. **Idle capacity**: `--idle` streams held open on one process that generates nothing
    (`OMNITUTOR_MAX_GENERATIONS=0`), spread `--idle-per-lesson` to a lesson; the process's
    RSS before and after, per stream, and the database statements it ran while they idled.
-3. **Active delivery**: `--active-lessons` × `--readers` streams on the same process while
+3. **Ask** (one process, offline): `--asks` questions in a row on one lesson; the service's
+   overhead around the model calls (round trip minus the model runs the request recorded).
+4. **Adjust** (one process, offline at pace 0, a partial per token): `--adjusts` lessons
+   adjusted at their first beat_partial; adjust answer → first beat_partial of the new
+   revision on the open stream.
+5. **Active delivery**: `--active-lessons` × `--readers` streams on the same process while
    a second process generates the lessons (offline, `--pace-ms` per token): every event's
    delay from its append (the row's `ts`) to its arrival at the client, p50/p99/max; and
    the statements the streaming process ran per wake-up against the number of readers.
@@ -57,6 +62,8 @@ def register(areas: Any) -> None:
     p.add_argument("--active-lessons", type=int, default=100)
     p.add_argument("--readers", type=int, default=10, help="readers per active lesson")
     p.add_argument("--pace-ms", type=int, default=40, help="offline pace while active")
+    p.add_argument("--asks", type=int, default=300, help="asks timed for service overhead")
+    p.add_argument("--adjusts", type=int, default=20, help="lessons adjusted mid-stream")
     p.set_defaults(handler=cmd_bench_lessons)
 
 
@@ -311,6 +318,88 @@ async def phase_latency(srv: Server, n: int) -> dict[str, float]:
     }
 
 
+async def phase_ask(srv: Server, db_url: str, n: int) -> dict[str, float]:
+    """Ask overhead: each ask's round trip minus the model time its trace recorded."""
+    round_trips: dict[str, float] = {}
+    async with session(srv.base) as (client, _):
+        [lesson_id] = await make_lessons(client, 1, "Ask lesson", unique=True)
+        for i in range(n):
+            started = time.perf_counter()
+            r = await client.post(
+                f"/v1/lesson/{lesson_id}/ask", json={"question": f"Why does step {i} work?"}
+            )
+            elapsed = (time.perf_counter() - started) * 1000
+            r.raise_for_status()
+            round_trips[r.json()["trace_id"]] = elapsed
+            if (i + 1) % 100 == 0:
+                say(f"  {i + 1}/{n} asks")
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT payload_json->>'trace_id', sum((payload_json->>'latency_ms')::int)"
+            " FROM events WHERE type = 'model_run.recorded'"
+            " AND payload_json->>'trace_id' = ANY(%s) GROUP BY 1",
+            (list(round_trips),),
+        ).fetchall()
+    model_ms = {trace: float(ms) for trace, ms in rows}
+    overhead = [rtt - model_ms.get(trace, 0.0) for trace, rtt in round_trips.items()]
+    rtts = list(round_trips.values())
+    return {
+        "asks": float(len(rtts)),
+        "round_trip_p50_ms": pct(rtts, 0.5),
+        "round_trip_p99_ms": pct(rtts, 0.99),
+        "overhead_p50_ms": pct(overhead, 0.5),
+        "overhead_p99_ms": pct(overhead, 0.99),
+    }
+
+
+async def phase_adjust(srv: Server, n: int) -> dict[str, float]:
+    """Adjust at the first beat_partial; time from the answer to the first partial of the
+    new revision on the same open stream."""
+    import json
+
+    first_regenerated: list[float] = []
+    answers: list[float] = []
+    too_late = 0
+    async with session(srv.base) as (client, _):
+        lessons = await make_lessons(client, n, "Adjust lesson", unique=True)
+        for lesson_id in lessons:
+            answered_at = 0.0
+            revision = 0
+            async with client.stream("GET", f"/v1/lesson/{lesson_id}/stream") as stream:
+                event = ""
+                async for line in stream.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "beat_partial":
+                        data = json.loads(line[6:])
+                        if not revision:
+                            sent = time.perf_counter()
+                            r = await client.post(
+                                f"/v1/lesson/{lesson_id}/adjust",
+                                json={"level": "easier", "current_beat_ord": 1},
+                                headers={"Idempotency-Key": str(uuid.uuid4())},
+                            )
+                            answered_at = time.perf_counter()
+                            if r.status_code != 200:
+                                too_late += 1
+                                break
+                            answers.append((answered_at - sent) * 1000)
+                            revision = int(r.json()["revision_num"])
+                        elif data.get("revision") == revision:
+                            first_regenerated.append((time.perf_counter() - answered_at) * 1000)
+                            break
+                    elif event == "lesson_complete":
+                        break
+    return {
+        "lessons": float(len(first_regenerated)),
+        "too_late": float(too_late),
+        "adjust_answer_p50_ms": pct(answers, 0.5),
+        "adjust_answer_p99_ms": pct(answers, 0.99),
+        "regenerated_partial_p50_ms": pct(first_regenerated, 0.5),
+        "regenerated_partial_max_ms": max(first_regenerated, default=float("nan")),
+    }
+
+
 async def stats(client: Any) -> Counter[str]:
     r = await client.get("/_bench/stats")
     return Counter(r.json())
@@ -430,6 +519,21 @@ async def run(args: argparse.Namespace, db_url: str) -> dict[str, dict[str, floa
     say(f"latency: {args.lessons} lessons, offline pace 0, one process")
     with server(db_url, OMNITUTOR_OFFLINE_PACE_MS="0") as solo:
         out["latency"] = await phase_latency(solo, args.lessons)
+    if args.asks:
+        say(f"ask: {args.asks} asks, offline, one process")
+        with server(
+            db_url, OMNITUTOR_OFFLINE_PACE_MS="0", OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR="1000000"
+        ) as solo:
+            out["ask"] = await phase_ask(solo, db_url, args.asks)
+    if args.adjusts:
+        say(f"adjust: {args.adjusts} lessons adjusted at their first partial")
+        with server(
+            db_url,
+            OMNITUTOR_OFFLINE_PACE_MS="0",
+            OMNITUTOR_BEAT_PARTIAL_MS="0",
+            OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR="1000000",
+        ) as solo:
+            out["adjust"] = await phase_adjust(solo, args.adjusts)
     say(f"idle: {args.idle} streams on one process")
     with server(db_url, OMNITUTOR_MAX_GENERATIONS="0") as streamer:
         if args.idle:
@@ -474,7 +578,19 @@ def cmd_bench_lessons(args: argparse.Namespace, settings: Settings) -> int:
         f"log tail reads for {act['deliveries']:.0f} deliveries "
         f"({time.perf_counter() - started:.0f} s)"
     )
+    print(interaction_summary(figures))
     return 0
+
+
+def interaction_summary(figures: dict[str, dict[str, float]]) -> str:
+    ask, adjust = figures.get("ask", {}), figures.get("adjust", {})
+    nan = float("nan")
+    return (
+        f"interactions: ask overhead p50 {ask.get('overhead_p50_ms', nan):.1f} ms / p99 "
+        f"{ask.get('overhead_p99_ms', nan):.1f} ms (target p99 < 20); adjust → first "
+        f"regenerated partial p50 {adjust.get('regenerated_partial_p50_ms', nan):.1f} ms / max "
+        f"{adjust.get('regenerated_partial_max_ms', nan):.1f} ms (target < 200)"
+    )
 
 
 if __name__ == "__main__":
