@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from commands.errors import ErrorCode
 from commands.handlers import interactions, lessons
 from commands.interaction_input import is_iterate_body
 from commands.messages import (
@@ -19,11 +20,31 @@ from commands.messages import (
     ReadLesson,
     Whiteboard,
 )
+from web import api_schemas as schemas
 from web.body import limit_for
+from web.openapi import Spec, api
 from web.requests import answer, body, caller, deps
 from web.stream import LessonStream
 
 
+@api(
+    Spec(
+        "Plan a lesson from a setup intent (fast tier), with beat 1",
+        request={"oneOf": [schemas.PLAN_REQUEST, schemas.ITERATE_REQUEST]},
+        response=schemas.PLAN_ANSWER,
+        idempotency="required",
+        errors=(ErrorCode.CONFLICT, ErrorCode.REFUSED, ErrorCode.OVER_QUOTA,
+                ErrorCode.RATE_LIMITED, ErrorCode.MODEL_UNAVAILABLE),
+        links={
+            "lesson": {"operationId": "get_get_lesson",
+                       "parameters": {"lesson_id": "$response.body#/lesson_id"}},
+            "stream": {"operationId": "get_stream_lesson",
+                       "parameters": {"lesson_id": "$response.body#/lesson_id"}},
+            "abandon": {"operationId": "post_abandon_lesson",
+                        "parameters": {"lesson_id": "$response.body#/lesson_id"}},
+        },
+    )
+)  # fmt: skip
 async def create_plan(request: Request) -> Response:
     who, data = await caller(request), await body(request)
     if is_iterate_body(data):  # {lesson_id, feedback?, chip?}: a new plan for a draft
@@ -33,16 +54,42 @@ async def create_plan(request: Request) -> Response:
     return answer(request, await lessons.create_plan(CreatePlan(who, data), deps(request)))
 
 
+@api(
+    Spec(
+        "The lesson folded from its log: status, plan, beats",
+        response=schemas.LESSON_ANSWER,
+        errors=(ErrorCode.NOT_FOUND,),
+    )
+)
 async def get_lesson(request: Request) -> Response:
     cmd = ReadLesson(await caller(request), request.path_params["lesson_id"])
     return answer(request, await lessons.read_lesson(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "Abandon the lesson: generation stops, streams end with a final error",
+        response=schemas.ABANDON_ANSWER,
+        errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
+    )
+)
 async def abandon_lesson(request: Request) -> Response:
     cmd = AbandonLesson(await caller(request), request.path_params["lesson_id"])
     return answer(request, await lessons.abandon_lesson(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "The lesson's log as Server-Sent Events (contracts §4)",
+        response=schemas.STREAM,
+        media_type="text/event-stream",
+        other_statuses=(204,),
+        headers={"Last-Event-ID": {"type": "string", "pattern": "^[0-9A-Za-z]+-evt-[0-9]+$"}},
+        query={"last_event_id": {"type": "string"}},
+        errors=(ErrorCode.NOT_FOUND, ErrorCode.OVER_QUOTA),
+        description="204 when the lesson is over and the cursor is at its end.",
+    )
+)
 async def stream_lesson(request: Request) -> Response:
     header = request.headers.get("last-event-id")
     cmd = OpenStream(
@@ -57,21 +104,59 @@ async def stream_lesson(request: Request) -> Response:
     return LessonStream(opened.subscription, opened.view, deps(request).settings)
 
 
+_IN_LESSON = (ErrorCode.NOT_FOUND, ErrorCode.REFUSED, ErrorCode.OVER_QUOTA,
+              ErrorCode.RATE_LIMITED, ErrorCode.MODEL_UNAVAILABLE)  # fmt: skip
+
+
+@api(
+    Spec(
+        "Ask a question mid-lesson; the tutor answers about the student's beat",
+        request=schemas.ASK_REQUEST,
+        response=schemas.ASK_ANSWER,
+        errors=_IN_LESSON,
+    )
+)
 async def ask(request: Request) -> Response:
     cmd = Ask(await caller(request), request.path_params["lesson_id"], await body(request))
     return answer(request, await interactions.ask(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "Answer a problem or test beat (by option: no model; free: the fast tier grades)",
+        request=schemas.ATTEMPT_REQUEST,
+        response=schemas.ATTEMPT_ANSWER,
+        errors=(*_IN_LESSON, ErrorCode.CONFLICT),
+    )
+)
 async def attempt(request: Request) -> Response:
     cmd = Attempt(await caller(request), request.path_params["lesson_id"], await body(request))
     return answer(request, await interactions.attempt(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "Revise the plan after the student's beat (or regenerate one beat); streams re-stream",
+        request=schemas.ADJUST_REQUEST,
+        response=schemas.ADJUST_ANSWER,
+        idempotency="required",
+        errors=(*_IN_LESSON, ErrorCode.CONFLICT),
+        description="409 on a draft (iterate it with POST /v1/plan) or a finished lesson.",
+    )
+)
 async def adjust(request: Request) -> Response:
     cmd = Adjust(await caller(request), request.path_params["lesson_id"], await body(request))
     return answer(request, await interactions.adjust(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "Show the tutor a drawing (sent to the model as an image); it comments",
+        request=schemas.WHITEBOARD_REQUEST,
+        response=schemas.WHITEBOARD_ANSWER,
+        errors=(*_IN_LESSON, ErrorCode.PAYLOAD_TOO_LARGE),
+    )
+)
 async def whiteboard(request: Request) -> Response:
     data = await body(request, limit=limit_for(request.url.path, 0))
     cmd = Whiteboard(await caller(request), request.path_params["lesson_id"], data)
