@@ -35,6 +35,7 @@ from eventstore.events import (
     COMPLETE,
     DRAFT,
     FAILED,
+    PENDING,
     READY,
     STREAMING,
     AudioReady,
@@ -181,6 +182,14 @@ def evolve(state: LessonsState, event: StoredEvent) -> None:
     state.dirty_lessons[lesson_id] = None
     if isinstance(domain, PlanRevised):
         lesson.plan_json = json_text(domain.plan)
+        for ord_ in domain.superseded:  # written again under this revision: empty until then
+            superseded = state.beats.get((lesson_id, ord_))
+            if superseded is not None:
+                superseded.status = PENDING
+                superseded.content_json, superseded.narration_text = EMPTY_JSON, None
+                superseded.audio_url = superseded.error_code = superseded.error_message = None
+                superseded.updated_at = ts
+                state.dirty_beats[(lesson_id, ord_)] = None
         state.revisions.append(
             PlanRevisionRow(
                 id=event.id,

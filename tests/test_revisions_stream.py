@@ -201,6 +201,17 @@ def test_two_adjusts_in_a_row_and_one_regenerated_beat(server: str, db_url: str)
         check_ids(live)
     completed_once_per_revision(db_url, lesson_id)
 
+    def projected() -> bool:  # the beats table (lessons projection) shows the same lesson
+        with psycopg.connect(db_url) as conn:
+            rows = conn.execute(
+                "SELECT ord, content_json FROM beats WHERE lesson_id = %s AND ord > 1"
+                " AND status = 'ready'",
+                (lesson_id,),
+            ).fetchall()
+        return dict(rows) == final[1]
+
+    wait_for(projected, what="the beats table to show the final lesson")
+
 
 def test_adjust_racing_the_last_beat(server: str, db_url: str) -> None:
     """Whichever reaches the log first wins: the lesson completes (adjust 409) or the last
