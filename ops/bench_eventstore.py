@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import sys
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ from eventstore.database import database_url, open_pool
 from eventstore.hub import Hub, Subscription
 from eventstore.settings import Settings
 from eventstore.store import EventStore, NewEvent, Sequencer
+from ops.benchkit import percentile, say
 from ops.cli_groups import command_group
 from ops.scratch import scratch_database
 
@@ -45,10 +45,6 @@ BATCHES = (1, 50)
 SUBSCRIBERS = 100
 PAYLOAD = {"ord": 3, "content_delta": "The spring constant k measures stiffness: " * 3}
 TOPIC = "beat.partial"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -248,13 +244,6 @@ def their_catch_up(theirs: Theirs, page: int) -> tuple[float, int]:
 
 
 # -- subscriber latency ---------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def latency(

@@ -43,13 +43,9 @@ from ops import (
     projections_cli,
     secrets_cli,
 )
+from ops.benchkit import say
 
 _ADMIN = load_queries(Path(_database_file).parent / "sql" / "admin.sql")
-
-
-def say(message: str) -> None:
-    """Progress and summaries go to stderr; stdout carries only what a script would read."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -21,14 +20,11 @@ from psycopg_pool import AsyncConnectionPool
 from commands import idempotency, ratelimit, spendcap
 from eventstore.database import database_url, open_pool
 from eventstore.settings import Settings
+from ops.benchkit import say
 from ops.cli_groups import command_group
 
 T = TypeVar("T")
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _with_pool(settings: Settings, work: Callable[[Pool], Awaitable[T]]) -> T:
