@@ -32,8 +32,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import starmap
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, LiteralString
 
 import orjson
 import psycopg
@@ -92,21 +93,110 @@ class NewEvent:
         )
 
 
-@dataclass(frozen=True)
 class StoredEvent:
-    id: str
-    position: int | None  # None until the sequencer has numbered it
-    lesson_id: str | None
-    lesson_seq: int | None
-    session_id: str | None
-    type: str
-    type_version: int
-    payload: dict[str, Any]
-    metadata: dict[str, Any]
-    ts: datetime
+    """An event as stored: what appends return and reads yield.
+
+    Read-only (the attributes are `Final`, so mypy rejects an assignment). `payload`,
+    `metadata` and `ts` arrive as the database's text and are decoded on first access, once:
+    a catch-up reader that filters on type or position never pays for JSON and timestamp
+    parsing, which were most of a read's cost (docs/eventstore.md, "Catch-up reads"). The
+    constructor takes either decoded values or that text.
+    """
+
+    __slots__ = (
+        "_metadata",
+        "_payload",
+        "_ts",
+        "id",
+        "lesson_id",
+        "lesson_seq",
+        "position",
+        "session_id",
+        "type",
+        "type_version",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        position: int | None,  # None until the sequencer has numbered it
+        lesson_id: str | None,
+        lesson_seq: int | None,
+        session_id: str | None,
+        type: str,
+        type_version: int,
+        payload: dict[str, Any] | str | bytes,
+        metadata: dict[str, Any] | str | bytes,
+        ts: datetime | str,
+    ) -> None:
+        self.id: Final = id
+        self.position: Final = position
+        self.lesson_id: Final = lesson_id
+        self.lesson_seq: Final = lesson_seq
+        self.session_id: Final = session_id
+        self.type: Final = type
+        self.type_version: Final = type_version
+        self._payload = payload
+        self._metadata = metadata
+        self._ts = ts
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        value = self._payload
+        if isinstance(value, dict):
+            return value
+        decoded: dict[str, Any] = orjson.loads(value)
+        self._payload = decoded
+        return decoded
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        value = self._metadata
+        if isinstance(value, dict):
+            return value
+        decoded: dict[str, Any] = orjson.loads(value)
+        self._metadata = decoded
+        return decoded
+
+    @property
+    def ts(self) -> datetime:
+        value = self._ts
+        if isinstance(value, datetime):
+            return value
+        # Postgres writes timestamptz as ISO 8601 with an hours-only offset ("…+00"),
+        # which fromisoformat reads since Python 3.11.
+        decoded = datetime.fromisoformat(value)
+        self._ts = decoded
+        return decoded
 
     def domain(self) -> DomainEvent:
         return from_payload(self.type, self.type_version, self.payload)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.position,
+            self.lesson_id,
+            self.lesson_seq,
+            self.session_id,
+            self.type,
+            self.type_version,
+            self.payload,
+            self.metadata,
+            self.ts,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredEvent):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, like the dataclass it was
+
+    def __repr__(self) -> str:
+        names = ("id", "position", "lesson_id", "lesson_seq", "session_id", "type")
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+        return f"StoredEvent({shown}, ...)"
 
 
 def _row(r: tuple[Any, ...]) -> StoredEvent:
@@ -137,21 +227,15 @@ class EventStore:
         """
         if not events:
             return []
-        params = {
-            "lesson_id": lesson_id,
-            "expected_seq": expected_seq,
-            "ids": [e.id for e in events],
-            "session_ids": [e.meta.session_id for e in events],
-            "types": [e.type for e in events],
-            "versions": [e.type_version for e in events],
-            "payloads": [orjson.dumps(e.payload).decode() for e in events],
-            "metadata": [orjson.dumps(e.meta.as_json()).decode() for e in events],
-        }
+        payloads = [orjson.dumps(e.payload).decode() for e in events]
+        metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
+        query, params = _append_statement(lesson_id, events, expected_seq, payloads, metadata)
         try:
             with translate_errors():
                 async with self._connection() as conn:
-                    cur = await conn.execute(_Q["append_lesson"], params)
-                    stored = sorted(map(_row, await cur.fetchall()), key=_seq)
+                    cur = await conn.execute(query, params)
+                    rows = await cur.fetchall()
+            stored = _inserted(events, payloads, metadata, lesson_id, rows)
         except UniqueKeyTaken:
             stored = []
         if stored:
@@ -191,20 +275,21 @@ class EventStore:
         """Append session-level events (no lesson_seq); idempotent by event id."""
         if not events:
             return []
+        payloads = [orjson.dumps(e.payload).decode() for e in events]
+        metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
         params = {
             "ids": [e.id for e in events],
             "session_ids": [e.meta.session_id for e in events],
             "lesson_ids": [lesson_id for _ in events],
             "types": [e.type for e in events],
             "versions": [e.type_version for e in events],
-            "payloads": [orjson.dumps(e.payload).decode() for e in events],
-            "metadata": [orjson.dumps(e.meta.as_json()).decode() for e in events],
+            "payloads": payloads,
+            "metadata": metadata,
         }
         with translate_errors():
             async with self._connection() as conn:
-                new = list(
-                    map(_row, await (await conn.execute(_Q["append_unordered"], params)).fetchall())
-                )
+                rows = await (await conn.execute(_Q["append_unordered"], params)).fetchall()
+                new = _inserted(events, payloads, metadata, lesson_id, rows)
                 if len(new) < len(events):
                     ids = [e.id for e in events]
                     rows = await (await conn.execute(_Q["events_by_id"], {"ids": ids})).fetchall()
@@ -246,7 +331,7 @@ class EventStore:
         with translate_errors():
             async with self._connection() as conn:
                 cur = await conn.execute(_Q["read_lesson"], params)
-                return list(map(_row, await cur.fetchall()))
+                return list(starmap(StoredEvent, await cur.fetchall()))
 
     async def read_all(
         self,
@@ -271,6 +356,10 @@ class EventStore:
                 ahead = asyncio.create_task(
                     self.read_all_page(after_position, page_size, type=type, lesson_id=lesson_id)
                 )
+                # Let it send its query now: yielding events to the caller never returns to
+                # the event loop, so without this the server would start on the next page
+                # only once the caller had finished this one.
+                await asyncio.sleep(0)
             try:
                 for event in page:
                     yield event
@@ -295,7 +384,7 @@ class EventStore:
         with translate_errors():
             async with self._connection() as conn:
                 cur = await conn.execute(_Q["read_all"], params)
-                return list(map(_row, await cur.fetchall()))
+                return list(starmap(StoredEvent, await cur.fetchall()))
 
     async def head_position(self) -> int:
         with translate_errors():
@@ -341,6 +430,73 @@ class EventStore:
     def _committed(self, stored: Sequence[StoredEvent]) -> None:
         for listener in self._listeners:
             listener(stored)
+
+
+def _append_statement(
+    lesson_id: str,
+    events: Sequence[NewEvent],
+    expected_seq: int,
+    payloads: Sequence[str],
+    metadata: Sequence[str],
+) -> tuple[LiteralString, dict[str, Any]]:
+    """The INSERT for a lesson's batch: plain parameters for one event, arrays for more."""
+    if len(events) == 1:
+        e = events[0]
+        return _Q["append_one"], {
+            "lesson_id": lesson_id,
+            "expected_seq": expected_seq,
+            "id": e.id,
+            "session_id": e.meta.session_id,
+            "type": e.type,
+            "type_version": e.type_version,
+            "payload": payloads[0],
+            "metadata": metadata[0],
+        }
+    return _Q["append_lesson"], {
+        "lesson_id": lesson_id,
+        "expected_seq": expected_seq,
+        "ids": [e.id for e in events],
+        "session_ids": [e.meta.session_id for e in events],
+        "types": [e.type for e in events],
+        "versions": [e.type_version for e in events],
+        "payloads": payloads,
+        "metadata": metadata,
+    }
+
+
+def _inserted(
+    events: Sequence[NewEvent],
+    payloads: Sequence[str],
+    metadata: Sequence[str],
+    lesson_id: str | None,
+    rows: Sequence[tuple[Any, ...]],
+) -> list[StoredEvent]:
+    """The stored events of an INSERT … RETURNING id, lesson_seq, ts, in the batch's order
+    (which is lesson_seq order for a lesson's batch).
+
+    The rest of each row is what was sent (payload and metadata as the JSON text that was
+    stored), so the database does not send it back.
+    """
+    returned = {id: (lesson_seq, ts) for id, lesson_seq, ts in rows}
+    stored = []
+    for e, payload, meta in zip(events, payloads, metadata, strict=True):
+        if e.id in returned:
+            lesson_seq, ts = returned[e.id]
+            stored.append(
+                StoredEvent(
+                    e.id,
+                    None,
+                    lesson_id,
+                    lesson_seq,
+                    e.meta.session_id,
+                    e.type,
+                    e.type_version,
+                    payload,
+                    meta,
+                    ts,
+                )
+            )
+    return stored
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -1,6 +1,8 @@
 -- The event store's queries. Columns of a stored event, in StoredEvent field order:
 -- id, position, lesson_id, lesson_seq, session_id, type, type_version, payload_json,
--- metadata_json, ts
+-- metadata_json, ts. payload, metadata and ts are sent as text: StoredEvent decodes them on
+-- first access (most readers never touch them), and text arrives through psycopg's C
+-- loaders where jsonb and timestamptz would each cost a Python-level conversion per row.
 
 -- name: append_lesson
 -- A batch lands at lesson_seq expected+1..expected+n, or not at all. The UNIQUE key
@@ -16,8 +18,19 @@ FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(types)s::text[],
 WHERE %(expected_seq)s = 0
    OR EXISTS (SELECT 1 FROM events
               WHERE lesson_id = %(lesson_id)s AND lesson_seq = %(expected_seq)s)
-RETURNING id, position, lesson_id, lesson_seq, session_id, type, type_version,
-          payload_json, metadata_json, ts;
+RETURNING id, lesson_seq, ts::text;
+
+-- name: append_one
+-- append_lesson for a batch of one, with plain parameters: a single event is the common
+-- append, and building six one-element arrays cost more client time than the INSERT.
+INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
+                    payload_json, metadata_json)
+SELECT %(id)s, %(session_id)s, %(lesson_id)s, %(expected_seq)s + 1, %(type)s,
+       %(type_version)s, %(payload)s::jsonb, %(metadata)s::jsonb
+WHERE %(expected_seq)s = 0
+   OR EXISTS (SELECT 1 FROM events
+              WHERE lesson_id = %(lesson_id)s AND lesson_seq = %(expected_seq)s)
+RETURNING id, lesson_seq, ts::text;
 
 -- name: append_unordered
 INSERT INTO events (id, session_id, lesson_id, type, type_version, payload_json, metadata_json)
@@ -29,12 +42,11 @@ FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(lesson_ids)s::text[],
      WITH ORDINALITY AS e(id, session_id, lesson_id, type, type_version, payload, metadata, n)
 ORDER BY e.n
 ON CONFLICT (id) DO NOTHING
-RETURNING id, position, lesson_id, lesson_seq, session_id, type, type_version,
-          payload_json, metadata_json, ts;
+RETURNING id, lesson_seq, ts::text;
 
 -- name: events_by_id
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json, metadata_json, ts
+       payload_json::text, metadata_json::text, ts::text
 FROM events WHERE id = ANY(%(ids)s::text[]);
 
 -- name: lesson_head
@@ -42,7 +54,7 @@ SELECT coalesce(max(lesson_seq), 0) FROM events WHERE lesson_id = %(lesson_id)s;
 
 -- name: read_lesson
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json, metadata_json, ts
+       payload_json::text, metadata_json::text, ts::text
 FROM events
 WHERE lesson_id = %(lesson_id)s AND lesson_seq > %(after_seq)s
 ORDER BY lesson_seq
@@ -50,7 +62,7 @@ LIMIT %(limit)s;
 
 -- name: read_all
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json, metadata_json, ts
+       payload_json::text, metadata_json::text, ts::text
 FROM events
 WHERE position > %(after)s
   AND (%(type)s::text IS NULL OR type = %(type)s::text)
