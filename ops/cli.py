@@ -36,6 +36,7 @@ from eventstore.settings import Settings
 from ops import (
     backup_cli,
     bench_eventstore,
+    bench_load,
     bench_projections,
     events_cli,
     guardrails_cli,
@@ -200,6 +201,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)
+    bench_load.register(lessons_cli.bench_area(sub))
     return parser
 
 
