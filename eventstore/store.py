@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from itertools import starmap
 from pathlib import Path
 from typing import Any, Final, LiteralString
@@ -40,6 +40,7 @@ import orjson
 import psycopg
 import structlog
 from psycopg import AsyncConnection
+from psycopg.types.numeric import Int8BinaryLoader
 from psycopg_pool import AsyncConnectionPool
 
 from eventstore.errors import (
@@ -56,6 +57,7 @@ from eventstore.queries import load_queries
 _Q = load_queries(Path(__file__).parent / "sql" / "store.sql")
 SEQUENCER_LOCK_KEY = 0x0717_0001
 LOG_CHANNEL = "omnitutor_log"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 log = structlog.get_logger(__name__)
 
 
@@ -127,7 +129,7 @@ class StoredEvent:
         type_version: int,
         payload: dict[str, Any] | str | bytes,
         metadata: dict[str, Any] | str | bytes,
-        ts: datetime | str,
+        ts: datetime | str | int,  # int: microseconds since 2000-01-01 UTC (Postgres' epoch)
     ) -> None:
         self.id: Final = id
         self.position: Final = position
@@ -163,9 +165,12 @@ class StoredEvent:
         value = self._ts
         if isinstance(value, datetime):
             return value
-        # Postgres writes timestamptz as ISO 8601 with an hours-only offset ("…+00"),
-        # which fromisoformat reads since Python 3.11.
-        decoded = datetime.fromisoformat(value)
+        if isinstance(value, int):
+            decoded = _PG_EPOCH + timedelta(microseconds=value)
+        else:
+            # Postgres writes timestamptz as ISO 8601 with an hours-only offset ("…+00"),
+            # which fromisoformat reads since Python 3.11.
+            decoded = datetime.fromisoformat(value)
         self._ts = decoded
         return decoded
 
@@ -199,8 +204,19 @@ class StoredEvent:
         return f"StoredEvent({shown}, ...)"
 
 
-def _row(r: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(*r)
+async def _fetch_events(
+    conn: AsyncConnection[Any], query: LiteralString, params: Mapping[str, Any]
+) -> list[StoredEvent]:
+    """Run a query selecting stored-event columns (store.sql) and build the events.
+
+    Binary format, with ts loaded as its raw int8 (microseconds since 2000-01-01 UTC): every
+    column then goes through one of psycopg's C loaders, and StoredEvent converts ts only if
+    it is read.
+    """
+    cur = conn.cursor(binary=True)
+    cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
+    await cur.execute(query, params)
+    return list(starmap(StoredEvent, await cur.fetchall()))
 
 
 AppendListener = Callable[[Sequence[StoredEvent]], None]
@@ -251,16 +267,11 @@ class EventStore:
         ids = [e.id for e in events]
         with translate_errors():
             async with self._connection() as conn:
-                found = {
-                    s.id: s
-                    for s in map(
-                        _row,
-                        await (await conn.execute(_Q["events_by_id"], {"ids": ids})).fetchall(),
-                    )
-                }
+                stored = await _fetch_events(conn, _Q["events_by_id"], {"ids": ids})
                 head = await (
                     await conn.execute(_Q["lesson_head"], {"lesson_id": lesson_id})
                 ).fetchone()
+        found = {s.id: s for s in stored}
         if found:
             _check_same(events, found, lesson_id)
             if len(found) == len(events):
@@ -292,8 +303,8 @@ class EventStore:
                 new = _inserted(events, payloads, metadata, lesson_id, rows)
                 if len(new) < len(events):
                     ids = [e.id for e in events]
-                    rows = await (await conn.execute(_Q["events_by_id"], {"ids": ids})).fetchall()
-                    found = {s.id: s for s in map(_row, rows)}
+                    stored = await _fetch_events(conn, _Q["events_by_id"], {"ids": ids})
+                    found = {s.id: s for s in stored}
                     _check_same(events, found, lesson_id)
                     stored = [found[i] for i in ids]
                 else:
@@ -330,8 +341,7 @@ class EventStore:
         params = {"lesson_id": lesson_id, "after_seq": after_seq, "limit": limit}
         with translate_errors():
             async with self._connection() as conn:
-                cur = await conn.execute(_Q["read_lesson"], params)
-                return list(starmap(StoredEvent, await cur.fetchall()))
+                return await _fetch_events(conn, _Q["read_lesson"], params)
 
     async def read_all(
         self,
@@ -383,8 +393,7 @@ class EventStore:
         params = {"after": after_position, "limit": limit, "type": type, "lesson_id": lesson_id}
         with translate_errors():
             async with self._connection() as conn:
-                cur = await conn.execute(_Q["read_all"], params)
-                return list(starmap(StoredEvent, await cur.fetchall()))
+                return await _fetch_events(conn, _Q["read_all"], params)
 
     async def head_position(self) -> int:
         with translate_errors():

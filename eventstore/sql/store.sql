@@ -1,8 +1,9 @@
 -- The event store's queries. Columns of a stored event, in StoredEvent field order:
 -- id, position, lesson_id, lesson_seq, session_id, type, type_version, payload_json,
--- metadata_json, ts. payload, metadata and ts are sent as text: StoredEvent decodes them on
--- first access (most readers never touch them), and text arrives through psycopg's C
--- loaders where jsonb and timestamptz would each cost a Python-level conversion per row.
+-- metadata_json, ts. Reads run in binary format (EventStore._fetch_events): payload and
+-- metadata are cast to text and ts arrives as its raw microsecond count, all through
+-- psycopg's C loaders; StoredEvent decodes the three on first access (most readers never
+-- touch them). A jsonb or timestamptz loader would cost a Python-level call per value.
 
 -- name: append_lesson
 -- A batch lands at lesson_seq expected+1..expected+n, or not at all. The UNIQUE key
@@ -46,7 +47,7 @@ RETURNING id, lesson_seq, ts::text;
 
 -- name: events_by_id
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json::text, metadata_json::text, ts::text
+       payload_json::text, metadata_json::text, ts
 FROM events WHERE id = ANY(%(ids)s::text[]);
 
 -- name: lesson_head
@@ -54,7 +55,7 @@ SELECT coalesce(max(lesson_seq), 0) FROM events WHERE lesson_id = %(lesson_id)s;
 
 -- name: read_lesson
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json::text, metadata_json::text, ts::text
+       payload_json::text, metadata_json::text, ts
 FROM events
 WHERE lesson_id = %(lesson_id)s AND lesson_seq > %(after_seq)s
 ORDER BY lesson_seq
@@ -62,7 +63,7 @@ LIMIT %(limit)s;
 
 -- name: read_all
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json::text, metadata_json::text, ts::text
+       payload_json::text, metadata_json::text, ts
 FROM events
 WHERE position > %(after)s
   AND (%(type)s::text IS NULL OR type = %(type)s::text)
