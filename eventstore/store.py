@@ -58,6 +58,8 @@ _Q = load_queries(Path(__file__).parent / "sql" / "store.sql")
 SEQUENCER_LOCK_KEY = 0x0717_0001
 LOG_CHANNEL = "omnitutor_log"
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# Shared single-event INSERTs on their way at once (see _SharedAppends).
+SHARED_IN_FLIGHT = 4
 log = structlog.get_logger(__name__)
 
 
@@ -228,6 +230,7 @@ class EventStore:
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
         self.pool = pool
         self._listeners: list[AppendListener] = []
+        self._shared = _SharedAppends(self)
 
     def on_append(self, listener: AppendListener) -> None:
         """Call `listener` with the stored events after each append has committed."""
@@ -245,21 +248,74 @@ class EventStore:
             return []
         payloads = [orjson.dumps(e.payload).decode() for e in events]
         metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
-        query, params = _append_statement(lesson_id, events, expected_seq, payloads, metadata)
-        try:
-            with translate_errors():
-                async with self._connection() as conn:
-                    cur = await conn.execute(query, params)
-                    rows = await cur.fetchall()
-            stored = _inserted(events, payloads, metadata, lesson_id, rows)
-        except UniqueKeyTaken:
-            stored = []
+        shared = None
+        if len(events) == 1:
+            shared = await self._shared.append(
+                _Waiting(lesson_id, events[0], expected_seq, payloads[0], metadata[0])
+            )
+        if shared:
+            stored = shared
+        else:
+            stored = await self._append_alone(lesson_id, events, expected_seq, payloads, metadata)
         if stored:
             self._committed(stored)
             return stored
         # A unique key was taken, or expected_seq runs ahead of the log: either this very
         # batch is being retried, or another writer appended first.
         return await self._resolve_conflict(lesson_id, events, expected_seq)
+
+    async def _append_alone(
+        self,
+        lesson_id: str,
+        events: Sequence[NewEvent],
+        expected_seq: int,
+        payloads: Sequence[str],
+        metadata: Sequence[str],
+    ) -> list[StoredEvent]:
+        """The batch in a statement of its own: its events, or [] if a unique key was taken
+        or expected_seq runs ahead of the log."""
+        query, params = _append_statement(lesson_id, events, expected_seq, payloads, metadata)
+        try:
+            with translate_errors():
+                async with self._connection() as conn:
+                    cur = await conn.execute(query, params)
+                    rows = await cur.fetchall()
+        except UniqueKeyTaken:
+            return []
+        return _inserted(events, payloads, metadata, lesson_id, rows)
+
+    async def _insert_shared(self, waiting: Sequence[_Waiting]) -> dict[str, StoredEvent]:
+        """One INSERT for several callers' single events; the events that landed, by id.
+        Raises UniqueKeyTaken if any row's key was taken (then nothing landed)."""
+        if len(waiting) == 1:
+            w = waiting[0]
+            query, params = _append_statement(
+                w.lesson_id, [w.event], w.expected_seq, [w.payload], [w.metadata]
+            )
+        else:
+            query, params = _Q["append_shared"], _shared_params(waiting)
+        with translate_errors():
+            async with self._connection() as conn:
+                cur = await conn.execute(query, params)
+                rows = await cur.fetchall()
+        by_id = {w.event.id: w for w in waiting}
+        landed = {}
+        for id, lesson_seq, ts in rows:
+            w = by_id[id]
+            e = w.event
+            landed[id] = StoredEvent(
+                id,
+                None,
+                w.lesson_id,
+                lesson_seq,
+                e.meta.session_id,
+                e.type,
+                e.type_version,
+                w.payload,
+                w.metadata,
+                ts,
+            )
+        return landed
 
     async def _resolve_conflict(
         self, lesson_id: str, events: Sequence[NewEvent], expected_seq: int
@@ -473,6 +529,19 @@ def _append_statement(
     }
 
 
+def _shared_params(waiting: Sequence[_Waiting]) -> dict[str, Any]:
+    return {
+        "ids": [w.event.id for w in waiting],
+        "session_ids": [w.event.meta.session_id for w in waiting],
+        "lesson_ids": [w.lesson_id for w in waiting],
+        "expected_seqs": [w.expected_seq for w in waiting],
+        "types": [w.event.type for w in waiting],
+        "versions": [w.event.type_version for w in waiting],
+        "payloads": [w.payload for w in waiting],
+        "metadata": [w.metadata for w in waiting],
+    }
+
+
 def _inserted(
     events: Sequence[NewEvent],
     payloads: Sequence[str],
@@ -533,6 +602,93 @@ def _check_same(
         )
         if not same:
             raise DuplicateEventId(f"event id {e.id} is already stored with other content")
+
+
+@dataclass
+class _Waiting:
+    """A single-event append waiting for the shared INSERT."""
+
+    lesson_id: str
+    event: NewEvent
+    expected_seq: int
+    payload: str
+    metadata: str
+    done: asyncio.Future[list[StoredEvent] | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _SharedAppends:
+    """Single-event appends from concurrent tasks share one INSERT: group commit, one level
+    above Postgres' own.
+
+    One statement is on its way at a time; the single-event appends that arrive meanwhile
+    gather, and the next statement carries all of them, so under concurrency many callers pay
+    one round trip and one durable commit (alone, an append is one statement, as before).
+    Each row keeps its own guard (append_shared in store.sql), and nothing about an append
+    changes for its caller: it returns once its event is committed. A caller whose row could
+    not land in the shared statement (a stale or early expected_seq, or any row's unique key
+    taken, which fails the whole statement) is answered None and appends alone, exactly as
+    it would have without sharing, so conflicts are resolved one append at a time.
+
+    The statements run in a task of their own: a caller that is cancelled stops waiting, but
+    never cancels a statement that carries other callers' events.
+    """
+
+    def __init__(self, store: EventStore, in_flight: int = SHARED_IN_FLIGHT) -> None:
+        self._store = store
+        self._in_flight = in_flight
+        self._waiting: list[_Waiting] = []
+        self._writers: set[asyncio.Task[None]] = set()
+
+    async def append(self, waiting: _Waiting) -> list[StoredEvent] | None:
+        self._waiting.append(waiting)
+        if len(self._writers) < self._in_flight:
+            writer = asyncio.create_task(self._write_all())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+        return await asyncio.shield(waiting.done)
+
+    async def _write_all(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._write(batch)
+        finally:
+            if len(self._writers) <= 1:
+                # The last writer, cancelled (the loop is closing): nobody will write for
+                # those still waiting.
+                for w in self._waiting:
+                    _settle(w.done, None, asyncio.CancelledError())
+                self._waiting = []
+
+    async def _write(self, batch: list[_Waiting]) -> None:
+        try:
+            landed = await self._store._insert_shared(batch)
+        except UniqueKeyTaken:
+            landed = {}
+        except BaseException as e:
+            for w in batch:
+                _settle(w.done, None, e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        for w in batch:
+            stored = landed.get(w.event.id)
+            _settle(w.done, [stored] if stored is not None else None)
+
+
+def _settle(
+    future: asyncio.Future[list[StoredEvent] | None],
+    result: list[StoredEvent] | None,
+    error: BaseException | None = None,
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class Sequencer:
