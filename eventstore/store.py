@@ -622,9 +622,10 @@ class _SharedAppends:
     """Single-event appends from concurrent tasks share one INSERT: group commit, one level
     above Postgres' own.
 
-    One statement is on its way at a time; the single-event appends that arrive meanwhile
-    gather, and the next statement carries all of them, so under concurrency many callers pay
-    one round trip and one durable commit (alone, an append is one statement, as before).
+    Up to `in_flight` statements are on their way at once; the single-event appends that
+    arrive meanwhile gather, and the next statement carries all of them, so under concurrency
+    many callers pay one round trip and one durable commit (alone, an append is one
+    statement, as before).
     Each row keeps its own guard (append_shared in store.sql), and nothing about an append
     changes for its caller: it returns once its event is committed. A caller whose row could
     not land in the shared statement (a stale or early expected_seq, or any row's unique key
@@ -655,7 +656,12 @@ class _SharedAppends:
                 batch, self._waiting = self._waiting, []
                 await self._write(batch)
         finally:
-            if len(self._writers) <= 1:
+            # Leave the set now, not in a done callback: an append arriving before that
+            # callback ran would count this writer and might start none.
+            current = asyncio.current_task()
+            if current is not None:
+                self._writers.discard(current)
+            if not self._writers:
                 # The last writer, cancelled (the loop is closing): nobody will write for
                 # those still waiting.
                 for w in self._waiting:
