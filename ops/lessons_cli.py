@@ -7,11 +7,11 @@ import asyncio
 import time
 from typing import Any
 
+from commands.bootstrap import open_provider
 from commands.providers import ProviderError
 from eventstore.settings import Settings
 from ops.benchkit import say
 from ops.cli_groups import Subparsers, command_group
-from web.lesson_runtime import open_provider
 
 
 def cmd_hello_model(args: argparse.Namespace, settings: Settings) -> int:
