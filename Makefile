@@ -43,6 +43,7 @@ bench: venv
 	$(BIN)/omnitutor bench eventstore
 	$(BIN)/omnitutor bench projections
 	$(BIN)/omnitutor bench lessons
+	$(BIN)/omnitutor bench load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -36,6 +36,7 @@ from eventstore.settings import Settings
 from ops import (
     backup_cli,
     bench_eventstore,
+    bench_load,
     bench_projections,
     events_cli,
     guardrails_cli,
@@ -43,13 +44,9 @@ from ops import (
     projections_cli,
     secrets_cli,
 )
+from ops.benchkit import say
 
 _ADMIN = load_queries(Path(_database_file).parent / "sql" / "admin.sql")
-
-
-def say(message: str) -> None:
-    """Progress and summaries go to stderr; stdout carries only what a script would read."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -204,6 +201,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)
+    bench_load.register(lessons_cli.bench_area(sub))
     return parser
 
 

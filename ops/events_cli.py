@@ -32,6 +32,7 @@ from eventstore.database import database_url, open_pool
 from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer, StoredEvent
+from ops.benchkit import say
 
 FIELDS = (
     "position",
@@ -45,10 +46,6 @@ FIELDS = (
     "payload",
     "metadata",
 )
-
-
-def say(message: str, *, end: str = "\n") -> None:
-    print(message, file=sys.stderr, end=end, flush=True)
 
 
 @contextlib.asynccontextmanager

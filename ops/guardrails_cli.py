@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -18,13 +17,10 @@ from typing import TypeVar
 from commands import idempotency, ratelimit, spendcap
 from eventstore.database import Pool, database_url, open_pool
 from eventstore.settings import Settings
+from ops.benchkit import say
 from ops.cli_groups import command_group
 
 T = TypeVar("T")
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _with_pool(settings: Settings, work: Callable[[Pool], Awaitable[T]]) -> T:
