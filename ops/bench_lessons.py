@@ -334,10 +334,10 @@ async def phase_ask(srv: Server, db_url: str, n: int) -> dict[str, float]:
     rtts = list(round_trips.values())
     return {
         "asks": float(len(rtts)),
-        "round_trip_p50_ms": pct(rtts, 0.5),
-        "round_trip_p99_ms": pct(rtts, 0.99),
-        "overhead_p50_ms": pct(overhead, 0.5),
-        "overhead_p99_ms": pct(overhead, 0.99),
+        "round_trip_p50_ms": percentile(rtts, 0.5),
+        "round_trip_p99_ms": percentile(rtts, 0.99),
+        "overhead_p50_ms": percentile(overhead, 0.5),
+        "overhead_p99_ms": percentile(overhead, 0.99),
     }
 
 
@@ -382,9 +382,9 @@ async def phase_adjust(srv: Server, n: int) -> dict[str, float]:
     return {
         "lessons": float(len(first_regenerated)),
         "too_late": float(too_late),
-        "adjust_answer_p50_ms": pct(answers, 0.5),
-        "adjust_answer_p99_ms": pct(answers, 0.99),
-        "regenerated_partial_p50_ms": pct(first_regenerated, 0.5),
+        "adjust_answer_p50_ms": percentile(answers, 0.5),
+        "adjust_answer_p99_ms": percentile(answers, 0.99),
+        "regenerated_partial_p50_ms": percentile(first_regenerated, 0.5),
         "regenerated_partial_max_ms": max(first_regenerated, default=float("nan")),
     }
 
