@@ -41,6 +41,7 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from eventstore import personal
 from eventstore.errors import (
     DuplicateEventId,
     StoreError,
@@ -137,6 +138,7 @@ class EventStore:
         """
         if not events:
             return []
+        sealed = personal.seal(events, lesson_id, [e.meta.user_id for e in events])
         params = {
             "lesson_id": lesson_id,
             "expected_seq": expected_seq,
@@ -144,14 +146,16 @@ class EventStore:
             "session_ids": [e.meta.session_id for e in events],
             "types": [e.type for e in events],
             "versions": [e.type_version for e in events],
-            "payloads": [orjson.dumps(e.payload).decode() for e in events],
+            "payloads": [orjson.dumps(p).decode() for p in sealed.payloads],
             "metadata": [orjson.dumps(e.meta.as_json()).decode() for e in events],
         }
         try:
             with translate_errors():
                 async with self._connection() as conn:
+                    await personal.keep(conn, sealed.rows)
                     cur = await conn.execute(_Q["append_lesson"], params)
                     stored = sorted(map(_row, await cur.fetchall()), key=_seq)
+                    stored = personal.reveal(stored, sealed.personal)
         except UniqueKeyTaken:
             stored = []
         if stored:
@@ -167,13 +171,8 @@ class EventStore:
         ids = [e.id for e in events]
         with translate_errors():
             async with self._connection() as conn:
-                found = {
-                    s.id: s
-                    for s in map(
-                        _row,
-                        await (await conn.execute(_Q["events_by_id"], {"ids": ids})).fetchall(),
-                    )
-                }
+                rows = await (await conn.execute(_Q["events_by_id"], {"ids": ids})).fetchall()
+                found = {s.id: s for s in await personal.restore(conn, list(map(_row, rows)))}
                 head = await (
                     await conn.execute(_Q["lesson_head"], {"lesson_id": lesson_id})
                 ).fetchone()
@@ -191,24 +190,27 @@ class EventStore:
         """Append session-level events (no lesson_seq); idempotent by event id."""
         if not events:
             return []
+        sealed = personal.seal(events, lesson_id, [e.meta.user_id for e in events])
         params = {
             "ids": [e.id for e in events],
             "session_ids": [e.meta.session_id for e in events],
             "lesson_ids": [lesson_id for _ in events],
             "types": [e.type for e in events],
             "versions": [e.type_version for e in events],
-            "payloads": [orjson.dumps(e.payload).decode() for e in events],
+            "payloads": [orjson.dumps(p).decode() for p in sealed.payloads],
             "metadata": [orjson.dumps(e.meta.as_json()).decode() for e in events],
         }
         with translate_errors():
             async with self._connection() as conn:
+                await personal.keep(conn, sealed.rows)
                 new = list(
                     map(_row, await (await conn.execute(_Q["append_unordered"], params)).fetchall())
                 )
+                new = personal.reveal(new, sealed.personal)
                 if len(new) < len(events):
                     ids = [e.id for e in events]
                     rows = await (await conn.execute(_Q["events_by_id"], {"ids": ids})).fetchall()
-                    found = {s.id: s for s in map(_row, rows)}
+                    found = {s.id: s for s in await personal.restore(conn, list(map(_row, rows)))}
                     _check_same(events, found, lesson_id)
                     stored = [found[i] for i in ids]
                 else:
@@ -246,7 +248,7 @@ class EventStore:
         with translate_errors():
             async with self._connection() as conn:
                 cur = await conn.execute(_Q["read_lesson"], params)
-                return list(map(_row, await cur.fetchall()))
+                return await personal.restore(conn, list(map(_row, await cur.fetchall())))
 
     async def read_all(
         self,
@@ -295,7 +297,7 @@ class EventStore:
         with translate_errors():
             async with self._connection() as conn:
                 cur = await conn.execute(_Q["read_all"], params)
-                return list(map(_row, await cur.fetchall()))
+                return await personal.restore(conn, list(map(_row, await cur.fetchall())))
 
     async def head_position(self) -> int:
         with translate_errors():

@@ -18,6 +18,7 @@ from typing import Any, LiteralString
 import orjson
 from psycopg import AsyncConnection, sql
 
+from eventstore import personal
 from eventstore.queries import load_queries
 from eventstore.store import StoredEvent
 
@@ -84,7 +85,7 @@ async def read_page(
         _Q["read_page"],
         {"after": after, "upto": upto, "types": sorted(types), "limit": limit},
     )
-    return [StoredEvent(*r) for r in await cur.fetchall()]
+    return await personal.restore(conn, [StoredEvent(*r) for r in await cur.fetchall()])
 
 
 def json_text(value: Any) -> str:
