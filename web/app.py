@@ -17,13 +17,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from commands.errors import CommandError, ErrorCode, Internal
+from commands.mailer import open_mailer
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import health, lessons, sessions
+from web import accounts, health, lessons, sessions
+from web.error_events import ErrorEvents
 from web.errors import ApiError, error_response
 from web.idempotency import IdempotencyMiddleware
 from web.lesson_runtime import open_provider, open_supervisor
@@ -46,6 +48,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             sequencer = Sequencer(store, on_sequenced=log_moved)
             provider = open_provider(settings)
             supervisor = open_supervisor(settings, pool, store, provider)
+            app.state.mailer = open_mailer(settings)
             app.state.services = Services(
                 settings=settings,
                 pool=pool,
@@ -103,8 +106,12 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
 
     return Starlette(
-        routes=[*health.routes, *sessions.routes, *lessons.routes],
-        middleware=[Middleware(RequestContext), Middleware(IdempotencyMiddleware)],
+        routes=[*health.routes, *sessions.routes, *lessons.routes, *accounts.routes],
+        middleware=[
+            Middleware(RequestContext),
+            Middleware(ErrorEvents, per_second=settings.error_events_per_s),
+            Middleware(IdempotencyMiddleware),
+        ],
         exception_handlers={
             HTTPException: on_http_exception,
             CommandError: on_command_error,

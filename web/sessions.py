@@ -55,7 +55,13 @@ async def create_or_refresh(request: Request) -> Response:
 
 async def current_principal(request: Request) -> Principal:
     """The caller's session, or Unauthorized; binds user and session to the log context."""
-    principal = await authenticate(services(request).pool, request.cookies.get(COOKIE))
+    svc = services(request)
+    principal = await authenticate(
+        svc.pool,
+        request.cookies.get(COOKIE),
+        days=svc.settings.session_days,
+        idle_min=svc.settings.session_idle_min,
+    )
     structlog.contextvars.bind_contextvars(
         user_id=principal.user_id, session_id=principal.session_id
     )

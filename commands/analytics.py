@@ -1,0 +1,255 @@
+"""Browser analytics (POST /v1/event): client events of contracts §12 into the log.
+
+A batch holds up to 100 events `{type, ts, lesson_id?, payload, id?}`. Each type's payload
+is checked against the catalog's fields (below); only the client-side types are accepted, so
+a browser can never write `cache.hit`, `safety.refused`, `model_run.recorded` or any other
+server-side fact. A `lesson_id` must name a lesson of the caller's. The events are stored as
+session-level rows of the log (no lesson_seq) with one append for the batch; an `id` the
+client chose (a ULID) makes a resent batch a no-op, since event ids are the log's primary key.
+
+Where the catalog lists `lesson_id` inside the payload, the event's own `lesson_id` is that
+field: it is stored in the row's lesson_id column, not repeated in the payload.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from commands.errors import InvalidInput, NotFound
+from eventstore.errors import translate_errors
+from eventstore.events import CLIENT_EVENT_TYPES
+from eventstore.queries import load_queries
+from eventstore.store import EventMeta, EventStore, NewEvent
+
+_Q = load_queries(Path(__file__).parent / "sql" / "analytics.sql")
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+MAX_BATCH = 100
+TEXT_MAX = 2000
+_ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+_LESSON_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+
+Check = Callable[[str, Any], Any]  # (field path, value) → the value to store, or InvalidInput
+
+
+def _text(max_len: int = TEXT_MAX) -> Check:
+    def check(path: str, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise InvalidInput(path, "must be a string")
+        if len(value) > max_len:
+            raise InvalidInput(path, f"must be at most {max_len} characters")
+        return value
+
+    return check
+
+
+def _count(path: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
+        raise InvalidInput(path, "must be a whole number between 0 and 1000000000")
+    return value
+
+
+def _ord(path: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+        raise InvalidInput(path, "must be a beat number between 0 and 1000")
+    return value
+
+
+def _object(path: str, value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise InvalidInput(path, "must be an object")
+    return value
+
+
+def _text_list(path: str, value: Any) -> Any:
+    if not isinstance(value, list) or len(value) > 20:
+        raise InvalidInput(path, "must be a list of at most 20 strings")
+    for i, item in enumerate(value):
+        _text(100)(f"{path}[{i}]", item)
+    return value
+
+
+def _one_of(*choices: str) -> Check:
+    def check(path: str, value: Any) -> Any:
+        if value not in choices:
+            raise InvalidInput(path, f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A client type's payload: required and optional fields, and whether it names a lesson."""
+
+    required: Mapping[str, Check]
+    optional: Mapping[str, Check]
+    lesson: bool  # the catalog lists lesson_id: the event must carry one
+
+
+_SHORT = _text(200)
+# Contracts §12, field by field. lesson_id appears here as `lesson=True`.
+SHAPES: Mapping[str, Shape] = {
+    "session.start": Shape({}, {"referrer": _text(), "ua": _text(), "viewport": _text(40)}, False),
+    "discovery.search": Shape({"query": _text()}, {"source": _SHORT}, False),
+    "lesson.invoke": Shape({"subject": _SHORT, "source": _SHORT}, {"topic": _text()}, False),
+    "setup.skip": Shape({}, {}, False),
+    "setup.submit": Shape({"intent": _object}, {}, False),
+    "plan.shown": Shape({"time_to_render_ms": _count}, {}, True),
+    "plan.iterate": Shape({}, {"chip": _SHORT, "free_text": _text()}, True),
+    "plan.locked": Shape({"total_beats": _count}, {}, True),
+    "beat.advance": Shape({"from_ord": _ord, "to_ord": _ord}, {}, True),
+    "ask.fired": Shape({"beat_ord": _ord, "q_chars": _count}, {}, True),
+    "attempt.submit": Shape({"beat_ord": _ord, "verdict": _SHORT}, {}, True),
+    "adjust.applied": Shape(
+        {"direction": _one_of("up", "down", "easier", "harder"), "axes": _text_list}, {}, True
+    ),
+    "visualize.fired": Shape({"beat_ord": _ord}, {}, True),
+    "animate.fired": Shape({"beat_ord": _ord}, {}, True),
+    "makeme.fired": Shape({"output_type": _SHORT}, {}, True),
+    "lesson.complete": Shape({"duration_ms": _count}, {}, True),
+    "lesson.abandon": Shape({"last_beat_ord": _ord}, {}, True),
+}
+assert set(SHAPES) == CLIENT_EVENT_TYPES  # every client type has its shape, and no other
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    id: str | None
+    type: str
+    ts: datetime
+    lesson_id: str | None
+    payload: dict[str, Any]
+
+
+def _ts(path: str, value: Any) -> datetime:
+    """The client's clock: ISO 8601 or epoch milliseconds (kept in the payload as `client_ts`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidInput(path, "is not a time") from None
+    if isinstance(value, str) and len(value) <= 40:
+        try:
+            ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(path, "must be ISO 8601 or epoch milliseconds") from None
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    raise InvalidInput(path, "must be ISO 8601 or epoch milliseconds")
+
+
+def validate_event(index: int, raw: Any) -> ClientEvent:
+    """One event of the batch, checked against its type's shape. Pure."""
+    at = f"events[{index}]"
+    if not isinstance(raw, dict):
+        raise InvalidInput(at, "must be an object")
+    unknown = sorted(set(raw) - {"type", "ts", "lesson_id", "payload", "id"})
+    if unknown:
+        raise InvalidInput(f"{at}.{unknown[0]}", "unknown field")
+    type_ = raw.get("type")
+    if not isinstance(type_, str):
+        raise InvalidInput(f"{at}.type", "is required and must be a string")
+    shape = SHAPES.get(type_)
+    if shape is None:
+        raise InvalidInput(f"{at}.type", f"{type_[:60]!r} is not a client event type")
+    if "ts" not in raw:
+        raise InvalidInput(f"{at}.ts", "is required")
+    ts = _ts(f"{at}.ts", raw["ts"])
+    event_id = raw.get("id")
+    if event_id is not None and (not isinstance(event_id, str) or not _ULID.fullmatch(event_id)):
+        raise InvalidInput(f"{at}.id", "must be a ULID (26 characters, Crockford base32)")
+    lesson_id = raw.get("lesson_id")
+    if lesson_id is not None and (
+        not isinstance(lesson_id, str) or not _LESSON_ID.fullmatch(lesson_id)
+    ):
+        raise InvalidInput(f"{at}.lesson_id", "is not a lesson id")
+    if shape.lesson and lesson_id is None:
+        raise InvalidInput(f"{at}.lesson_id", f"is required for {type_}")
+    payload_raw = raw.get("payload", {})
+    if not isinstance(payload_raw, dict):
+        raise InvalidInput(f"{at}.payload", "must be an object")
+    payload: dict[str, Any] = {}
+    for name, value in payload_raw.items():
+        check = shape.required.get(name) or shape.optional.get(name)
+        if check is None:
+            raise InvalidInput(f"{at}.payload.{name}", f"is not a field of {type_}")
+        payload[name] = check(f"{at}.payload.{name}", value)
+    for name in shape.required:
+        if name not in payload:
+            raise InvalidInput(f"{at}.payload.{name}", f"is required for {type_}")
+    payload["client_ts"] = ts.isoformat()
+    return ClientEvent(event_id, type_, ts, lesson_id, payload)
+
+
+def validate_batch(body: Any) -> list[ClientEvent]:
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    unknown = sorted(set(body) - {"events"})
+    if unknown:
+        raise InvalidInput(unknown[0], "unknown field")
+    events = body.get("events")
+    if not isinstance(events, list):
+        raise InvalidInput("events", "is required and must be a list")
+    if not 1 <= len(events) <= MAX_BATCH:
+        raise InvalidInput("events", f"must hold 1 to {MAX_BATCH} events, got {len(events)}")
+    return [validate_event(i, raw) for i, raw in enumerate(events)]
+
+
+@dataclass(frozen=True)
+class RecordClientEvents:
+    user_id: str
+    session_id: str
+    trace_id: str
+    body: Any
+
+
+@dataclass(frozen=True)
+class ClientEventsAccepted:
+    accepted: int
+    abandoned: tuple[str, ...]  # lessons a lesson.abandon event closed (the session ends)
+
+    def json(self) -> dict[str, Any]:
+        return {"accepted": self.accepted}
+
+
+async def record_client_events(
+    cmd: RecordClientEvents, pool: Pool, store: EventStore
+) -> ClientEventsAccepted:
+    """Validate the batch (nothing is stored unless all of it is valid) and append it."""
+    events = validate_batch(cmd.body)
+    lessons = sorted({e.lesson_id for e in events if e.lesson_id is not None})
+    if lessons:
+        await _check_owned(pool, cmd.user_id, lessons)
+    meta = EventMeta(cmd.trace_id or None, cmd.user_id, cmd.session_id)
+    by_lesson: dict[str | None, list[NewEvent]] = {}
+    for e in events:
+        new = (
+            NewEvent(e.type, e.payload, meta, id=e.id)
+            if e.id
+            else NewEvent(e.type, e.payload, meta)
+        )
+        by_lesson.setdefault(e.lesson_id, []).append(new)
+    for lesson_id, batch in by_lesson.items():
+        await store.append_unordered(batch, lesson_id=lesson_id)
+    abandoned = tuple(
+        sorted({e.lesson_id for e in events if e.type == "lesson.abandon" and e.lesson_id})
+    )
+    return ClientEventsAccepted(len(events), abandoned)
+
+
+async def _check_owned(pool: Pool, user_id: str, lesson_ids: Sequence[str]) -> None:
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(_Q["owned"], {"user_id": user_id, "lesson_ids": lesson_ids})
+            owned = {r[0] for r in await cur.fetchall()}
+    for lesson_id in lesson_ids:
+        if lesson_id not in owned:
+            raise NotFound(f"No lesson {lesson_id} of yours: events naming it were not recorded.")
