@@ -138,6 +138,7 @@ async def test_a_purged_student_is_nowhere_and_everyone_else_is_untouched(
     assert report.users == 1
     assert report.lessons == 1
     assert report.vault_rows >= 5
+    assert report.cache_rows >= 1  # the plan cached from the marker topic
     await store.sequence()
     await ProjectionRunner(pool).catch_up()
 
