@@ -228,13 +228,20 @@ def test_ops_purge_reports_what_it_deleted(db_url: str, capsys: pytest.CaptureFi
             "INSERT INTO rate_buckets (scope, key, bucket, count, window_start) VALUES "
             "('ip', 'a', 'plan', 1, now() - interval '3 hours')"
         )
+        conn.execute(
+            "INSERT INTO sessions (id, user_id, last_seen_at) VALUES "
+            "('idle', 'u', now() - interval '31 minutes'), ('busy', 'u', now())"
+        )
     assert omnitutor(["ops", "purge"], db_url) == 0
     summary = capsys.readouterr().err.strip().splitlines()[-1]
     assert summary.startswith(
-        "purge: 1 expired idempotency keys and 1 old rate-limit slices deleted in "
+        "purge: 1 expired idempotency keys and 1 old rate-limit slices deleted, "
+        "1 idle sessions ended in "
     )
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT key FROM idempotency_keys").fetchall() == [("u:new",)]
+        ended = "SELECT id, ended_at = last_seen_at FROM sessions WHERE ended_at IS NOT NULL"
+        assert conn.execute(ended).fetchall() == [("idle", True)]
 
 
 # ---- idempotency ---------------------------------------------------------------------------
