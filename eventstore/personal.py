@@ -16,8 +16,9 @@ knowledge of this module.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -71,11 +72,13 @@ class Sealed:
 
 
 def seal(
-    events: Sequence[_Appended], lesson_id: str | None, user_ids: Sequence[str | None]
+    events: Sequence[_Appended],
+    lesson_ids: Sequence[str | None],
+    user_ids: Sequence[str | None],
 ) -> Sealed:
-    """Split a batch's personal fields off (pure); `user_ids` is each event's meta user."""
+    """Split a batch's personal fields off (pure); each event's lesson and meta user."""
     payloads, rows, personal = [], [], {}
-    for event, user_id in zip(events, user_ids, strict=True):
+    for event, lesson_id, user_id in zip(events, lesson_ids, user_ids, strict=True):
         public, fields = split(event.type, event.payload)
         payloads.append(public)
         if not fields:
@@ -86,6 +89,19 @@ def seal(
         rows.append(VaultRow(event.id, lesson_id, owner, fields))
         personal[event.id] = fields
     return Sealed(payloads, rows, personal)
+
+
+@contextlib.asynccontextmanager
+async def kept(conn: Conn, sealed: Sealed) -> AsyncIterator[None]:
+    """Write a batch's vault rows in one transaction with the append inside the block, so
+    the two take one commit (one WAL flush) and a failed append leaves no vault rows. A
+    batch without personal data appends as it would without this module."""
+    if not sealed.rows:
+        yield
+        return
+    async with conn.transaction():
+        await keep(conn, sealed.rows)
+        yield
 
 
 async def keep(conn: Conn, rows: Sequence[VaultRow]) -> None:

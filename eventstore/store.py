@@ -138,7 +138,8 @@ class EventStore:
         """
         if not events:
             return []
-        sealed = personal.seal(events, lesson_id, [e.meta.user_id for e in events])
+        users = [e.meta.user_id for e in events]
+        sealed = personal.seal(events, [lesson_id] * len(events), users)
         params = {
             "lesson_id": lesson_id,
             "expected_seq": expected_seq,
@@ -151,8 +152,7 @@ class EventStore:
         }
         try:
             with translate_errors():
-                async with self._connection() as conn:
-                    await personal.keep(conn, sealed.rows)
+                async with self._connection() as conn, personal.kept(conn, sealed):
                     cur = await conn.execute(_Q["append_lesson"], params)
                     stored = sorted(map(_row, await cur.fetchall()), key=_seq)
                     stored = personal.reveal(stored, sealed.personal)
@@ -177,7 +177,7 @@ class EventStore:
                     await conn.execute(_Q["lesson_head"], {"lesson_id": lesson_id})
                 ).fetchone()
         if found:
-            _check_same(events, found, lesson_id)
+            _check_same(events, found, [lesson_id] * len(events))
             if len(found) == len(events):
                 return sorted(found.values(), key=_seq)
             raise DuplicateEventId(f"only part of the batch is stored: {sorted(found)}")
@@ -185,24 +185,31 @@ class EventStore:
         raise WrongExpectedSeq(lesson_id, expected_seq, current)
 
     async def append_unordered(
-        self, events: Sequence[NewEvent], lesson_id: str | None = None
+        self,
+        events: Sequence[NewEvent],
+        lesson_id: str | None = None,
+        *,
+        lesson_ids: Sequence[str | None] | None = None,
     ) -> list[StoredEvent]:
-        """Append session-level events (no lesson_seq); idempotent by event id."""
+        """Append session-level events (no lesson_seq); idempotent by event id.
+
+        All name `lesson_id`, or each its own (`lesson_ids`, one per event).
+        """
         if not events:
             return []
-        sealed = personal.seal(events, lesson_id, [e.meta.user_id for e in events])
+        lessons = list(lesson_ids) if lesson_ids is not None else [lesson_id] * len(events)
+        sealed = personal.seal(events, lessons, [e.meta.user_id for e in events])
         params = {
             "ids": [e.id for e in events],
             "session_ids": [e.meta.session_id for e in events],
-            "lesson_ids": [lesson_id for _ in events],
+            "lesson_ids": lessons,
             "types": [e.type for e in events],
             "versions": [e.type_version for e in events],
             "payloads": [orjson.dumps(p).decode() for p in sealed.payloads],
             "metadata": [orjson.dumps(e.meta.as_json()).decode() for e in events],
         }
         with translate_errors():
-            async with self._connection() as conn:
-                await personal.keep(conn, sealed.rows)
+            async with self._connection() as conn, personal.kept(conn, sealed):
                 new = list(
                     map(_row, await (await conn.execute(_Q["append_unordered"], params)).fetchall())
                 )
@@ -211,7 +218,7 @@ class EventStore:
                     ids = [e.id for e in events]
                     rows = await (await conn.execute(_Q["events_by_id"], {"ids": ids})).fetchall()
                     found = {s.id: s for s in await personal.restore(conn, list(map(_row, rows)))}
-                    _check_same(events, found, lesson_id)
+                    _check_same(events, found, lessons)
                     stored = [found[i] for i in ids]
                 else:
                     stored = new
@@ -356,10 +363,12 @@ def _seq(e: StoredEvent) -> int:
 
 
 def _check_same(
-    events: Sequence[NewEvent], found: Mapping[str, StoredEvent], lesson_id: str | None
+    events: Sequence[NewEvent],
+    found: Mapping[str, StoredEvent],
+    lesson_ids: Sequence[str | None],
 ) -> None:
     """A retried append must carry the same events; anything else reusing an id is an error."""
-    for e in events:
+    for e, lesson_id in zip(events, lesson_ids, strict=True):
         s = found.get(e.id)
         if s is None:
             continue

@@ -21,7 +21,6 @@ from ops.cli_groups import command_group
 from projections.checkpoints import wait_for
 
 
-
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

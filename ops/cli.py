@@ -36,6 +36,7 @@ from eventstore.settings import Settings
 from ops import (
     accounts_cli,
     backup_cli,
+    bench_events,
     bench_eventstore,
     bench_projections,
     events_cli,
@@ -206,6 +207,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)
+    bench_events.register(sub)
     return parser
 
 
