@@ -23,9 +23,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from commands.errors import InvalidInput, NotFound
-from eventstore.errors import translate_errors
+from commands.errors import Conflict, InvalidInput, NotFound
+from eventstore.errors import DuplicateEventId, translate_errors
 from eventstore.events import CLIENT_EVENT_TYPES
+from eventstore.ids import new_id
 from eventstore.queries import load_queries
 from eventstore.store import EventMeta, EventStore, NewEvent
 
@@ -229,16 +230,11 @@ async def record_client_events(
     if lessons:
         await _check_owned(pool, cmd.user_id, lessons)
     meta = EventMeta(cmd.trace_id or None, cmd.user_id, cmd.session_id)
-    by_lesson: dict[str | None, list[NewEvent]] = {}
-    for e in events:
-        new = (
-            NewEvent(e.type, e.payload, meta, id=e.id)
-            if e.id
-            else NewEvent(e.type, e.payload, meta)
-        )
-        by_lesson.setdefault(e.lesson_id, []).append(new)
-    for lesson_id, batch in by_lesson.items():
-        await store.append_unordered(batch, lesson_id=lesson_id)
+    batch = [NewEvent(e.type, e.payload, meta, id=e.id or new_id()) for e in events]
+    try:  # one statement, one commit for the whole batch
+        await store.append_unordered(batch, lesson_ids=[e.lesson_id for e in events])
+    except DuplicateEventId:
+        raise Conflict("An event id of this batch was already used for another event.") from None
     abandoned = tuple(
         sorted({e.lesson_id for e in events if e.type == "lesson.abandon" and e.lesson_id})
     )

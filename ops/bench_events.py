@@ -130,6 +130,13 @@ async def _append_lessons(db_url: str, writers: int, seconds: float) -> float:
         async def write() -> None:
             nonlocal count
             lesson_id, user_id, session_id = new_id(), new_id(), new_id()
+            async with pool.connection() as conn:  # committed when the block ends
+                await conn.execute(
+                    "INSERT INTO users (id, anon_id) VALUES (%s, %s)", (user_id, new_id())
+                )
+                await conn.execute(
+                    "INSERT INTO sessions (id, user_id) VALUES (%s, %s)", (session_id, user_id)
+                )
             meta = EventMeta(user_id=user_id, session_id=session_id)
             created = LessonCreated(session_id, user_id, "physics", "springs", "hs", {})
             await store.append(lesson_id, [NewEvent.of(created, meta)], 0)

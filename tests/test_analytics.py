@@ -223,3 +223,14 @@ def test_an_idle_session_ends_and_the_expiry_slides(db_url: str, tmp_path: Path)
     assert has_token is False
     assert second["user_id"] == first["user_id"]
     assert second["session_id"] != first["session_id"]
+
+
+def test_an_event_id_reused_for_another_event_is_a_conflict(db_url: str, tmp_path: Path) -> None:
+    with running(db_url, tmp_path) as base, student(base) as client:
+        event_id = str(ULID())
+        first = {**raw("discovery.search", {"query": "springs"}), "id": event_id}
+        other = {**raw("discovery.search", {"query": "levers"}), "id": event_id}
+        assert client.post("/v1/event", json={"events": [first]}).status_code == 202
+        r = client.post("/v1/event", json={"events": [other]})
+    assert (r.status_code, r.json()["code"]) == (409, "conflict")
+    assert len(stored(db_url, "discovery.search")) == 1
