@@ -5,8 +5,8 @@
   the address links to this user or to an existing account), so neither the answer nor its
   timing tells whether an address has an account. The token is 32 random bytes; only its
   sha256 is stored; it lasts 15 minutes and is consumed by one atomic UPDATE.
-* **Consuming** links the email to the caller's anonymous user, or, when the address already
-  has an account, moves the anonymous user's lessons into it (a `lesson.transferred` event
+* **Consuming** links the email to the anonymous user who asked for the link, or, when the
+  address already has an account, moves that user's lessons into it (a `lesson.transferred` event
   in each lesson's stream: who owns a lesson is read from the log) and merges the anonymous
   user (soft-deleted, purged later). The session is rotated: the old token ends at once.
 * **Deleting** an account is soft and immediate (users, sessions, assets; each lesson gets
@@ -293,8 +293,10 @@ async def _consume(
     if row is None:
         raise Unauthorized("This sign-in link has expired or was already used. Ask for a new one.")
     requester_id, email = row
-    base_id = current.user_id if current is not None else requester_id
-    base = await (await conn.execute(_Q["live_user"], {"user_id": base_id})).fetchone()
+    # The work that moves is the requester's, never the clicking browser's: a link an
+    # attacker asked for and sent to a student cannot pull the student's lessons into the
+    # attacker's account. (A browser whose own anonymous user is another keeps that user.)
+    base = await (await conn.execute(_Q["live_user"], {"user_id": requester_id})).fetchone()
     await conn.execute(_Q["free_deleted_email"], {"email": email})
     account = await (await conn.execute(_Q["account_by_email"], {"email": email})).fetchone()
     linked, merged_from = False, None

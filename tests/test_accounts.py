@@ -269,3 +269,18 @@ def test_mail_goes_through_ses_when_configured(db_url: str, tmp_path: Path, aws:
         r = client.get("/v1/auth/consume", params={"token": token_of(link)})
         assert r.status_code == 303
     assert not (tmp_path / "outbox").exists()  # nothing went to the outbox
+
+
+def test_a_link_sent_to_someone_else_never_moves_their_lessons(db_url: str, tmp_path: Path) -> None:
+    with running(db_url, tmp_path) as base, student(base) as attacker, student(base) as victim:
+        assert ask_link(attacker, "evil@example.com").status_code == 202
+        token = token_of(latest_link(tmp_path, "evil@example.com"))
+        attacker.get("/v1/auth/consume", params={"token": token})
+        assert ask_link(attacker, "evil@example.com").status_code == 202
+        lure = token_of(latest_link(tmp_path, "evil@example.com"))
+        theirs = plan(victim, "my own homework")
+        assert victim.get("/v1/auth/consume", params={"token": lure}).status_code == 303
+        plan(attacker, "the attacker's own")
+        seen = eventually(lambda: library(attacker), lambda ids: len(ids) == 1)
+    assert theirs not in seen
+    assert counts(db_url)[3] == 0  # no lesson.transferred
