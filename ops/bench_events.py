@@ -174,7 +174,8 @@ async def _append_lessons(db_url: str, writers: int, seconds: float) -> float:
 
 async def run(args: argparse.Namespace, db_url: str) -> dict[str, float]:
     out: dict[str, float] = {}
-    with server(db_url, OMNITUTOR_MAX_GENERATIONS="0") as srv:
+    # A pool as large as the clients plus the process's own tasks: requests never queue for one.
+    with server(db_url, OMNITUTOR_MAX_GENERATIONS="0", OMNITUTOR_POOL_MAX="20") as srv:
         say(f"ingestion alone: {args.clients} clients, batches of {args.batch}, {args.seconds}s")
         out["ingest_alone_events_s"] = await ingest(
             srv.base, args.clients, args.batch, args.seconds
