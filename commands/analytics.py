@@ -20,18 +20,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
-
 from commands.errors import Conflict, InvalidInput, NotFound
+from commands.messages import Caller
+from eventstore.database import Pool
 from eventstore.errors import DuplicateEventId, translate_errors
 from eventstore.events import CLIENT_EVENT_TYPES
 from eventstore.ids import new_id
 from eventstore.queries import load_queries
-from eventstore.store import EventMeta, EventStore, NewEvent
+from eventstore.store import EventStore, NewEvent
 
 _Q = load_queries(Path(__file__).parent / "sql" / "analytics.sql")
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 MAX_BATCH = 100
 TEXT_MAX = 2000
@@ -205,40 +203,25 @@ def validate_batch(body: Any) -> list[ClientEvent]:
 
 
 @dataclass(frozen=True)
-class RecordClientEvents:
-    user_id: str
-    session_id: str
-    trace_id: str
-    body: Any
-
-
-@dataclass(frozen=True)
-class ClientEventsAccepted:
+class Recorded:
     accepted: int
-    abandoned: tuple[str, ...]  # lessons a lesson.abandon event closed (the session ends)
-
-    def json(self) -> dict[str, Any]:
-        return {"accepted": self.accepted}
+    abandoned: tuple[str, ...]  # lessons a lesson.abandon event closed (the visit ends)
 
 
-async def record_client_events(
-    cmd: RecordClientEvents, pool: Pool, store: EventStore
-) -> ClientEventsAccepted:
+async def record(caller: Caller, body: Any, pool: Pool, store: EventStore) -> Recorded:
     """Validate the batch (nothing is stored unless all of it is valid) and append it."""
-    events = validate_batch(cmd.body)
+    events = validate_batch(body)
     lessons = sorted({e.lesson_id for e in events if e.lesson_id is not None})
     if lessons:
-        await _check_owned(pool, cmd.user_id, lessons)
-    meta = EventMeta(cmd.trace_id or None, cmd.user_id, cmd.session_id)
+        await _check_owned(pool, caller.user_id, lessons)
+    meta = caller.meta()
     batch = [NewEvent(e.type, e.payload, meta, id=e.id or new_id()) for e in events]
     try:  # one statement, one commit for the whole batch
         await store.append_unordered(batch, lesson_ids=[e.lesson_id for e in events])
     except DuplicateEventId:
         raise Conflict("An event id of this batch was already used for another event.") from None
-    abandoned = tuple(
-        sorted({e.lesson_id for e in events if e.type == "lesson.abandon" and e.lesson_id})
-    )
-    return ClientEventsAccepted(len(events), abandoned)
+    abandoned = {e.lesson_id for e in events if e.type == "lesson.abandon" and e.lesson_id}
+    return Recorded(len(events), tuple(sorted(abandoned)))
 
 
 async def _check_owned(pool: Pool, user_id: str, lesson_ids: Sequence[str]) -> None:

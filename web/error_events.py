@@ -109,10 +109,10 @@ class ErrorEvents:
             session_id=context.get("session_id"),
         )
         app = scope.get("app")
-        services = getattr(getattr(app, "state", None), "services", None)
-        if services is None:  # before the lifespan opened the store (or in a bare test app)
+        deps = getattr(getattr(app, "state", None), "deps", None)
+        if deps is None:  # before the lifespan opened the store (or in a bare test app)
             return
-        task = asyncio.create_task(_append(services.store, NewEvent.of(event, meta)))
+        task = asyncio.create_task(_append(deps.store, NewEvent.of(event, meta)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
