@@ -33,8 +33,17 @@ _Q = load_queries(Path(__file__).parent / "sql" / "analytics.sql")
 
 MAX_BATCH = 100
 TEXT_MAX = 2000
-_ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
-_LESSON_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+SHORT_MAX = 200
+COUNT_MAX = 10**9
+ORD_MAX = 1000
+AXES_MAX = 20
+AXIS_MAX = 100
+TS_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+ULID_PATTERN = "[0-9A-HJKMNP-TV-Z]{26}"
+LESSON_ID_PATTERN = "[A-Za-z0-9]{1,64}"
+DIRECTIONS = ("up", "down", "easier", "harder")
+_ULID = re.compile(ULID_PATTERN)
+_LESSON_ID = re.compile(LESSON_ID_PATTERN)
 
 Check = Callable[[str, Any], Any]  # (field path, value) → the value to store, or InvalidInput
 
@@ -50,16 +59,29 @@ def _text(max_len: int = TEXT_MAX) -> Check:
     return check
 
 
+def _whole(value: Any) -> int | None:
+    """An integer, or an integral float (JSON Schema counts 3.0 as the integer 3)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _count(path: str, value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
-        raise InvalidInput(path, "must be a whole number between 0 and 1000000000")
-    return value
+    whole = _whole(value)
+    if whole is None or not 0 <= whole <= COUNT_MAX:
+        raise InvalidInput(path, f"must be a whole number between 0 and {COUNT_MAX}")
+    return whole
 
 
 def _ord(path: str, value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
-        raise InvalidInput(path, "must be a beat number between 0 and 1000")
-    return value
+    whole = _whole(value)
+    if whole is None or not 0 <= whole <= ORD_MAX:
+        raise InvalidInput(path, f"must be a beat number between 0 and {ORD_MAX}")
+    return whole
 
 
 def _object(path: str, value: Any) -> Any:
@@ -69,10 +91,10 @@ def _object(path: str, value: Any) -> Any:
 
 
 def _text_list(path: str, value: Any) -> Any:
-    if not isinstance(value, list) or len(value) > 20:
-        raise InvalidInput(path, "must be a list of at most 20 strings")
+    if not isinstance(value, list) or len(value) > AXES_MAX:
+        raise InvalidInput(path, f"must be a list of at most {AXES_MAX} strings")
     for i, item in enumerate(value):
-        _text(100)(f"{path}[{i}]", item)
+        _text(AXIS_MAX)(f"{path}[{i}]", item)
     return value
 
 
@@ -94,7 +116,7 @@ class Shape:
     lesson: bool  # the catalog lists lesson_id: the event must carry one
 
 
-_SHORT = _text(200)
+_SHORT = _text(SHORT_MAX)
 # Contracts §12, field by field. lesson_id appears here as `lesson=True`.
 SHAPES: Mapping[str, Shape] = {
     "session.start": Shape({}, {"referrer": _text(), "ua": _text(), "viewport": _text(40)}, False),
@@ -108,9 +130,7 @@ SHAPES: Mapping[str, Shape] = {
     "beat.advance": Shape({"from_ord": _ord, "to_ord": _ord}, {}, True),
     "ask.fired": Shape({"beat_ord": _ord, "q_chars": _count}, {}, True),
     "attempt.submit": Shape({"beat_ord": _ord, "verdict": _SHORT}, {}, True),
-    "adjust.applied": Shape(
-        {"direction": _one_of("up", "down", "easier", "harder"), "axes": _text_list}, {}, True
-    ),
+    "adjust.applied": Shape({"direction": _one_of(*DIRECTIONS), "axes": _text_list}, {}, True),
     "visualize.fired": Shape({"beat_ord": _ord}, {}, True),
     "animate.fired": Shape({"beat_ord": _ord}, {}, True),
     "makeme.fired": Shape({"output_type": _SHORT}, {}, True),
@@ -131,14 +151,16 @@ class ClientEvent:
 
 def _ts(path: str, value: Any) -> datetime:
     """The client's clock: ISO 8601 or epoch milliseconds (kept in the payload as `client_ts`)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value / 1000, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise InvalidInput(path, "is not a time") from None
+    whole = _whole(value)
+    if whole is not None:
+        if not 0 <= whole <= TS_MAX_MS:
+            raise InvalidInput(path, f"must be epoch milliseconds between 0 and {TS_MAX_MS}")
+        return datetime.fromtimestamp(whole / 1000, UTC)
     if isinstance(value, str) and len(value) <= 40:
+        text = value.replace("Z", "+00:00").replace("z", "+00:00")
+        text = re.sub(r"(T\d\d:\d\d):60", r"\1:59", text, flags=re.IGNORECASE)  # leap second
         try:
-            ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            ts = datetime.fromisoformat(text)
         except ValueError:
             raise InvalidInput(path, "must be ISO 8601 or epoch milliseconds") from None
         return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
