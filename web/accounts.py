@@ -11,12 +11,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from commands.errors import InvalidInput
+from commands.errors import ErrorCode, InvalidInput
 from commands.handlers import accounts
 from commands.messages import ConsumeMagicLink, DeleteAccount, RecordClientEvents, RequestMagicLink
 from eventstore.settings import Settings
 from projections.errors import BadCursor
 from projections.reads import MAX_PAGE, list_lessons
+from web import accounts_schemas as schemas
+from web.openapi import Spec, api
 from web.requests import COOKIE, answer, body, caller, deps, principal, trace_id
 
 DEFAULT_PAGE = 20
@@ -34,11 +36,36 @@ def _set_cookie(response: Response, token: str, settings: Settings) -> None:
     )
 
 
+@api(
+    Spec(
+        "Mail a sign-in link (the same answer for every address)",
+        request=schemas.MAGIC_LINK_REQUEST,
+        response=schemas.MAGIC_LINK_ANSWER,
+        status=202,
+        errors=(ErrorCode.OVER_QUOTA,),
+    )
+)
 async def magic_link(request: Request) -> Response:
     cmd = RequestMagicLink(await caller(request), await body(request))
     return answer(request, await accounts.request_magic_link(cmd, deps(request)), 202)
 
 
+@api(
+    Spec(
+        "Sign in with a mailed link: link or merge, rotate the session, redirect",
+        response={"type": "string"},
+        status=303,
+        media_type="text/plain",
+        wrapped=False,
+        auth=False,
+        query={
+            "token": {"type": "string"},
+            "next": {"type": "string", "description": "a same-site path (default /)"},
+        },
+        errors=(ErrorCode.UNAUTHORIZED,),
+        description="303 to `next` (a same-site path) or `/`, with a new ot_session cookie.",
+    )
+)
 async def consume(request: Request) -> Response:
     cmd = ConsumeMagicLink(
         token=request.query_params.get("token"),
@@ -71,6 +98,16 @@ class LibraryPage:
         return {"lessons": self.lessons, "next_cursor": self.next_cursor}
 
 
+@api(
+    Spec(
+        "The caller's lessons, newest first (keyset pages)",
+        response=schemas.LIBRARY_ANSWER,
+        query={
+            "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+            "cursor": {"type": "string", "description": "next_cursor of the previous page"},
+        },
+    )
+)
 async def library(request: Request) -> Response:
     """A read of the lessons projection (web may read projections; commands may not)."""
     who = await principal(request)
@@ -96,11 +133,26 @@ async def library(request: Request) -> Response:
     return answer(request, LibraryPage(lessons, page.next_cursor))
 
 
+@api(
+    Spec(
+        "Record a batch of the browser's analytics events (contracts §12)",
+        request=schemas.EVENTS_REQUEST,
+        response=schemas.EVENTS_ANSWER,
+        status=202,
+        errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
+    )
+)
 async def record_events(request: Request) -> Response:
     cmd = RecordClientEvents(await caller(request), await body(request))
     return answer(request, await accounts.record_client_events(cmd, deps(request)), 202)
 
 
+@api(
+    Spec(
+        "Delete the caller's account (erased 30 days later); clears the cookie",
+        response=schemas.ACCOUNT_DELETED,
+    )
+)
 async def delete_account(request: Request) -> Response:
     cmd = DeleteAccount(await caller(request))
     response = answer(request, await accounts.delete_account(cmd, deps(request)))

@@ -66,7 +66,12 @@ def _event(type_: str) -> Schema:
     return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["type", "ts", *(["lesson_id"] if names_lesson else [])],
+        "required": [
+            "type",
+            "ts",
+            *(["lesson_id"] if names_lesson else []),
+            *(["payload"] if required else []),  # absent, the payload is {}
+        ],
         "properties": {
             "type": {"const": type_},
             "ts": _TS,
@@ -110,7 +115,8 @@ MAGIC_LINK_REQUEST: Schema = {
     "properties": {
         "email": {
             "type": "string",
-            "pattern": "^\\s*[^@\\s]+@[^@\\s]+\\.[^@\\s]+\\s*$",
+            # The plain ASCII addresses; the server also takes international ones.
+            "pattern": "^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*\\.[A-Za-z]{2,}$",
             "maxLength": accounts.EMAIL_MAX,
         }
     },
