@@ -1,4 +1,4 @@
-"""Every non-2xx answer of the API becomes the catalog's `error` event (contracts §12).
+"""Every error answer of the API (4xx, 5xx) becomes the catalog's `error` event (contracts §12).
 
 An ASGI middleware: it watches the response go by, keeps the body of an error answer (the
 small JSON envelope), and once the response is sent appends `error {code, message,
