@@ -34,7 +34,9 @@ from eventstore.migrations import APP_ROLE, MIGRATIONS, grant_app_role, migrate,
 from eventstore.queries import load_queries
 from eventstore.settings import Settings
 from ops import (
+    accounts_cli,
     backup_cli,
+    bench_events,
     bench_eventstore,
     bench_load,
     bench_projections,
@@ -198,10 +200,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     lessons_cli.register(sub)
     events_cli.register(sub)
     guardrails_cli.register(sub)
+    accounts_cli.register(sub)
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)
     bench_load.register(lessons_cli.bench_area(sub))
+    bench_events.register(sub)
     return parser
 
 
