@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from eventstore.errors import translate_errors
 from eventstore.events import JSON
 from eventstore.ids import new_id
 from eventstore.queries import load_queries
-from eventstore.store import EventMeta, EventStore, NewEvent
+from eventstore.store import EventMeta, EventStore, InTransaction, NewEvent
 
 _Q = load_queries(Path(__file__).parent / "sql" / "lessons.sql")
 
@@ -342,8 +342,13 @@ async def create_lesson(
     who: Requester,
     data: PlanInput,
     trace_id: str,
+    record_outcome: Callable[[PlanCreated], InTransaction] | None = None,
 ) -> PlanCreated:
-    """Plan a new lesson with beat 1 (fast tier or the plan cache) and open its log."""
+    """Plan a new lesson with beat 1 (fast tier or the plan cache) and open its log.
+
+    `record_outcome(created)`, if given, is run inside the transaction that appends the
+    lesson's opening events (the idempotency key's answer is stored with them).
+    """
     with translate_errors():
         async with pool.connection() as conn:
             row = await (await conn.execute(_Q["subject_id"], {"code": data.subject})).fetchone()
@@ -404,8 +409,14 @@ async def create_lesson(
         trace_id=trace_id,
         cache_hit=cached is not None,
     )
-    await store.append(lesson_id, [NewEvent.of(e, meta) for e in events], expected_seq=0)
+    created = PlanCreated(lesson_id, plan, beat1_id, beat1, cached is not None)
+    await store.append(
+        lesson_id,
+        [NewEvent.of(e, meta) for e in events],
+        expected_seq=0,
+        in_transaction=record_outcome(created) if record_outcome else None,
+    )
     if cached is None:
         payload = {"plan": plan_json(plan), "beat1": beat_to_cache(beat1)}
         await cache_put(pool, key, model, payload, PLAN_CACHE_DAYS)
-    return PlanCreated(lesson_id, plan, beat1_id, beat1, cached is not None)
+    return created

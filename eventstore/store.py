@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -114,6 +114,9 @@ def _row(r: tuple[Any, ...]) -> StoredEvent:
 
 
 AppendListener = Callable[[Sequence[StoredEvent]], None]
+# Extra work committed atomically with an append (an idempotency key's answer): it runs on
+# the append's connection inside its transaction; raising rolls the append back.
+InTransaction = Callable[[AsyncConnection[Any]], Awaitable[None]]
 
 
 class EventStore:
@@ -128,12 +131,18 @@ class EventStore:
         self._listeners.append(listener)
 
     async def append(
-        self, lesson_id: str, events: Sequence[NewEvent], expected_seq: int
+        self,
+        lesson_id: str,
+        events: Sequence[NewEvent],
+        expected_seq: int,
+        in_transaction: InTransaction | None = None,
     ) -> list[StoredEvent]:
         """Append a batch to a lesson at expected_seq+1…, atomically; idempotent by event id.
 
         Raises WrongExpectedSeq (naming the current seq) if another writer got there first,
         and DuplicateEventId if an id is already stored with different content.
+        `in_transaction`, if given, runs after the INSERT in the same transaction (one more
+        round trip), so its writes commit with the events or not at all.
         """
         if not events:
             return []
@@ -150,8 +159,15 @@ class EventStore:
         try:
             with translate_errors():
                 async with self._connection() as conn:
-                    cur = await conn.execute(_Q["append_lesson"], params)
-                    stored = sorted(map(_row, await cur.fetchall()), key=_seq)
+                    if in_transaction is None:
+                        cur = await conn.execute(_Q["append_lesson"], params)
+                        stored = sorted(map(_row, await cur.fetchall()), key=_seq)
+                    else:
+                        async with conn.transaction():
+                            cur = await conn.execute(_Q["append_lesson"], params)
+                            stored = sorted(map(_row, await cur.fetchall()), key=_seq)
+                            if stored:
+                                await in_transaction(conn)
         except UniqueKeyTaken:
             stored = []
         if stored:

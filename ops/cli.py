@@ -81,6 +81,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             # The trusted-proxy rule is web/client_ip.py's (OMNITUTOR_TRUSTED_PROXIES); uvicorn's
             # own would believe X-Forwarded-For from 127.0.0.1 before the app sees the peer.
             proxy_headers=False,
+            # uvicorn's own logging set-up would print plain text beside our JSON lines;
+            # without it its records reach the root handler configure_logging installed.
+            log_config=None,
         )
     return 0
 

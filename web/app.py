@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from commands.errors import CommandError, ErrorCode, Internal
+from commands.errors import CommandError, ErrorCode
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
@@ -24,11 +25,13 @@ from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
 from web import health, lessons, sessions
-from web.errors import ApiError, error_response
+from web.errors import ApiError, error_response, store_failure
 from web.idempotency import IdempotencyMiddleware
 from web.lesson_runtime import open_provider, open_supervisor
-from web.middleware import RequestContext
+from web.middleware import RequestContext, RequestGuard
 from web.services import Services
+
+log = structlog.get_logger("omnitutor.http")
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
@@ -94,17 +97,21 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         return error_response(exc, trace_id(request))
 
     async def on_store_error(request: Request, exc: Exception) -> Response:
-        recoverable = isinstance(exc, DatabaseUnavailable)
-        return error_response(
-            Internal(
-                "The tutor's memory is unavailable. Try again in a moment.", recoverable=recoverable
-            ),
-            trace_id(request),
-        )
+        assert isinstance(exc, StoreError)
+        if isinstance(exc, DatabaseUnavailable):
+            log.warning("database unavailable", error=str(exc))
+        else:
+            # The 500's cause, with the trace id (bound to this request's log context).
+            log.error("storage error", exc_info=exc)
+        return error_response(store_failure(exc), trace_id(request))
 
-    return Starlette(
+    app = Starlette(
         routes=[*health.routes, *sessions.routes, *lessons.routes],
-        middleware=[Middleware(RequestContext), Middleware(IdempotencyMiddleware)],
+        middleware=[
+            Middleware(RequestContext),
+            Middleware(RequestGuard, allowed_origins=settings.allowed_origins),
+            Middleware(IdempotencyMiddleware),
+        ],
         exception_handlers={
             HTTPException: on_http_exception,
             CommandError: on_command_error,
@@ -112,3 +119,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # No redirects: Starlette would answer `/v1/plan/` with a 307 whose Location is built from
+    # the Host header; an unknown path is the 404 envelope like any other.
+    app.router.redirect_slashes = False
+    return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -9,12 +10,13 @@ from starlette.routing import Route
 
 from commands import lesson_service, spendcap
 from commands.errors import InvalidInput
-from commands.plan import Requester, create_lesson, validate_plan_body
+from commands.plan import PlanCreated, Requester, create_lesson, validate_plan_body
 from commands.providers import Tier
 from commands.ratelimit import Bucket
 from eventstore.store import EventMeta
 from web.body import read_json_object
 from web.guardrails import admit, screen_input
+from web.idempotency import answer_recorder
 from web.services import services
 from web.sessions import current_principal
 from web.stream import LessonStream, StreamView, cursor_of
@@ -42,6 +44,11 @@ async def create_plan(request: Request) -> Response:
         svc.provider,
         {"topic": data.topic, "intent.free_text": free_text if isinstance(free_text, str) else ""},
     )
+    trace_id = _trace_id(request)
+
+    def render(created: PlanCreated) -> bytes:
+        return orjson.dumps(plan_answer(created, trace_id))
+
     created = await create_lesson(
         svc.pool,
         svc.store,
@@ -49,33 +56,37 @@ async def create_plan(request: Request) -> Response:
         svc.supervisor.config.model(Tier.FAST),
         Requester(principal.user_id, principal.session_id),
         data,
-        _trace_id(request),
+        trace_id,
+        # The Idempotency-Key's answer commits with the lesson's events (crash-safe retry).
+        record_outcome=answer_recorder(request, render),
     )
     structlog.contextvars.bind_contextvars(
         lesson_id=created.lesson_id, cache="hit" if created.cache_hit else "miss"
     )
+    return Response(render(created), media_type="application/json")
+
+
+def plan_answer(created: PlanCreated, trace_id: str) -> dict[str, object]:
     plan = created.plan
-    return JSONResponse(
-        {
-            "ok": True,
-            "lesson_id": created.lesson_id,
-            "plan": {
-                "summary": plan.summary,
-                "beats": [
-                    {"ord": b.ord, "kind": b.kind, "title": b.title, "est_min": b.est_min}
-                    for b in plan.beats
-                ],
-                "after": plan.after,
-            },
-            "beat1": {
-                "id": created.beat1_id,
-                "content_json": created.beat1.content_json,
-                "narration_text": created.beat1.narration_text,
-                "audio_url": None,  # TTS is not wired yet; audio_ready will announce it
-            },
-            "trace_id": _trace_id(request),
-        }
-    )
+    return {
+        "ok": True,
+        "lesson_id": created.lesson_id,
+        "plan": {
+            "summary": plan.summary,
+            "beats": [
+                {"ord": b.ord, "kind": b.kind, "title": b.title, "est_min": b.est_min}
+                for b in plan.beats
+            ],
+            "after": plan.after,
+        },
+        "beat1": {
+            "id": created.beat1_id,
+            "content_json": created.beat1.content_json,
+            "narration_text": created.beat1.narration_text,
+            "audio_url": None,  # TTS is not wired yet; audio_ready will announce it
+        },
+        "trace_id": trace_id,
+    }
 
 
 async def get_lesson(request: Request) -> Response:

@@ -46,7 +46,8 @@ from eventstore.store import StoredEvent
 
 log = structlog.get_logger(__name__)
 
-_CURSOR = re.compile(r"(?P<lesson>[0-9A-Za-z]{1,64})-evt-(?P<seq>\d{1,9})")
+# ASCII digits only: `\d` would take any Unicode digit ("٣"), which int() accepts too.
+_CURSOR = re.compile(r"(?P<lesson>[0-9A-Za-z]{1,64})-evt-(?P<seq>[0-9]{1,9})")
 
 
 def event_id(lesson_id: str, seq: int) -> str:
@@ -200,7 +201,8 @@ class LessonStream(Response):
         # Not Response.__init__: with no body it would declare Content-Length: 0.
         self.status_code = 200
         self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # no-store: the stream carries the student's own lesson; no cache may keep a copy.
+        self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         self.hub = hub
         self.view = view
         self.after_seq = after_seq
