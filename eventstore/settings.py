@@ -97,8 +97,8 @@ class Settings:
     # Origins besides the service's own allowed to send state-changing requests (CORS-free
     # cross-site writes are refused otherwise).
     allowed_origins: tuple[str, ...] = ()  # OMNITUTOR_ALLOWED_ORIGINS
-    sse_max_per_session: int = 8  # OMNITUTOR_SSE_MAX_PER_SESSION: open streams per session
-    sse_max_per_client: int = 32  # OMNITUTOR_SSE_MAX_PER_CLIENT: open streams per client IP
+    sse_max_per_session: int = 10  # OMNITUTOR_SSE_MAX_PER_SESSION: open streams per session
+    sse_max_per_client: int = 100  # OMNITUTOR_SSE_MAX_PER_CLIENT: open streams per client IP
     daily_cap_usd: Decimal = Decimal(50)  # OMNITUTOR_DAILY_CAP_USD
     over_quota_forced: bool = False  # OT_OVER_QUOTA=1: refuse new generations from start-up
     # Lessons (docs/lessons.md): the model provider, generation and the SSE stream.
@@ -142,8 +142,8 @@ class Settings:
             limit_ask_user_per_hour=_int(e, "OMNITUTOR_LIMIT_ASK_USER_PER_HOUR", 300),
             trusted_proxies=_networks(e, "OMNITUTOR_TRUSTED_PROXIES"),
             allowed_origins=_origins(e, "OMNITUTOR_ALLOWED_ORIGINS"),
-            sse_max_per_session=_int(e, "OMNITUTOR_SSE_MAX_PER_SESSION", 8),
-            sse_max_per_client=_int(e, "OMNITUTOR_SSE_MAX_PER_CLIENT", 32),
+            sse_max_per_session=_int(e, "OMNITUTOR_SSE_MAX_PER_SESSION", 10),
+            sse_max_per_client=_int(e, "OMNITUTOR_SSE_MAX_PER_CLIENT", 100),
             daily_cap_usd=_decimal(e, "OMNITUTOR_DAILY_CAP_USD", Decimal(50)),
             over_quota_forced=_flag(e.get("OT_OVER_QUOTA")),
             provider=_provider(e),

@@ -56,6 +56,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from web.app import create_app
+    from web.transport import AbortingH11Protocol
 
     started = time.perf_counter()
     with database_url(settings.database_url, settings.home) as url:
@@ -84,6 +85,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             # uvicorn's own logging set-up would print plain text beside our JSON lines;
             # without it its records reach the root handler configure_logging installed.
             log_config=None,
+            # A stream that drops a stalled reader resets its connection (web/transport.py).
+            http=AbortingH11Protocol,
         )
     return 0
 

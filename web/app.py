@@ -28,7 +28,7 @@ from web import health, lessons, sessions
 from web.errors import ApiError, error_response, store_failure
 from web.idempotency import IdempotencyMiddleware
 from web.lesson_runtime import open_provider, open_supervisor
-from web.middleware import RequestContext, RequestGuard
+from web.middleware import RequestContext, RequestGuard, StreamLimit
 from web.services import Services
 
 log = structlog.get_logger("omnitutor.http")
@@ -110,6 +110,12 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         middleware=[
             Middleware(RequestContext),
             Middleware(RequestGuard, allowed_origins=settings.allowed_origins),
+            Middleware(
+                StreamLimit,
+                per_session=settings.sse_max_per_session,
+                per_client=settings.sse_max_per_client,
+                trusted_proxies=settings.trusted_proxies,
+            ),
             Middleware(IdempotencyMiddleware),
         ],
         exception_handlers={

@@ -22,21 +22,32 @@ added later is covered without doing anything:
   passes (`POST /v1/lesson/{id}/abandon` from the product's own page).
 
 Together they close the cross-site form POST that SameSite=Lax cookies leave open.
+
+`StreamLimit` caps the lesson streams open at once in this process, per session (the
+session cookie) and per client address (web/client_ip.py's rule): OMNITUTOR_SSE_MAX_PER_SESSION
+and OMNITUTOR_SSE_MAX_PER_CLIENT, 0 for no cap. One more is 503 `rate_limited` with
+Retry-After; a stream's slot is freed the moment its response ends.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import structlog
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands.errors import ErrorCode, Internal
 from eventstore.ids import new_trace_id
+from eventstore.settings import IPNetwork
 from web.body import is_json
+from web.client_ip import client_ip
 from web.errors import ApiError, error_response
 from web.sessions import COOKIE
 
@@ -50,6 +61,8 @@ SECURITY_HEADERS = {
 }
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+STREAM_PATH = re.compile(r"^/v1/lesson/[^/]+/stream$")
+STREAM_RETRY_AFTER_MS = 5000
 
 
 class RequestContext:
@@ -169,3 +182,56 @@ def _same_origin(origin: str, host: str) -> bool:
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.hostname != own.hostname:
         return False
     return (own_port is None and port == _DEFAULT_PORTS[parts.scheme]) or own_port == port
+
+
+class StreamLimit:
+    def __init__(
+        self,
+        app: ASGIApp,
+        per_session: int,
+        per_client: int,
+        trusted_proxies: Sequence[IPNetwork] = (),
+    ) -> None:
+        self.app = app
+        self.limits = {"session": per_session, "client": per_client}
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.open: Counter[tuple[str, str]] = Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "GET"
+            or not STREAM_PATH.match(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        slots = self._slots(scope)
+        full = [kind for kind, who in slots if 0 < self.limits[kind] <= self.open[(kind, who)]]
+        if full:
+            refusal = ApiError(
+                ErrorCode.RATE_LIMITED,
+                f"Too many lesson streams are open for this {full[0]} "
+                f"(at most {self.limits[full[0]]}); close one or retry later.",
+                recoverable=True,
+                retry_after_ms=STREAM_RETRY_AFTER_MS,
+            )
+            trace_id = str(scope.get("state", {}).get("trace_id", ""))
+            await error_response(refusal, trace_id)(scope, receive, send)
+            return
+        self.open.update(slots)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open.subtract(slots)
+            for slot in slots:
+                if self.open[slot] <= 0:
+                    del self.open[slot]
+
+    def _slots(self, scope: Scope) -> list[tuple[str, str]]:
+        headers = Headers(scope=scope)
+        peer = scope.get("client")
+        slots = [("client", client_ip(peer[0] if peer else None, headers, self.trusted_proxies))]
+        token = cookie_parser(headers.get("cookie", "")).get(COOKIE)
+        if token:
+            slots.append(("session", hashlib.sha256(token.encode()).hexdigest()))
+        return slots
