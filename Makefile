@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check lint typecheck bench venv tools clean
+.PHONY: run test check lint typecheck bench fuzz venv tools clean
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ tools:
 
 test: venv tools
 	$(BIN)/python -m pytest
+
+# Hostile input over every route (tests/test_fuzz.py), many more generated cases than the
+# suite runs: no 5xx, the envelope on every refusal. FUZZ_EXAMPLES sets how many per test.
+fuzz: venv
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/test_fuzz.py -q
 
 lint: venv
 	$(BIN)/ruff check .
