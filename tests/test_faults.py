@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pgserver
 import psycopg
 import pytest
 
@@ -35,7 +33,6 @@ from tests.test_lessons_api import PLAN_BODY, body_with, durable, named
 from tests.test_lessons_failover import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_BIN = Path(pgserver.__file__).parent / "pginstall" / "bin"
 pytestmark = pytest.mark.slow
 
 SERVER_ENV = {
@@ -181,28 +178,34 @@ def test_kill_9_with_30_plans_in_flight_then_retry_each_once(db_url: str, tmp_pa
 # ---- database outage on the embedded cluster ----------------------------------------------
 
 
-def pg_user() -> dict[str, Any]:
-    """pgserver runs postgres as user `pgserver` when we are root (postgres refuses root)."""
-    if os.geteuid() != 0:
-        return {}
-    return {"user": pwd.getpwnam("pgserver").pw_uid}
+def stop_immediately(pgdata: Path) -> None:
+    """`pg_ctl stop -m immediate`: SIGQUIT to the postmaster (pg_ctl sends the same signal;
+    sent directly because pg_ctl must run as the cluster's owner, who cannot always reach
+    pytest's private temporary directory)."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    os.kill(postmaster, signal.SIGQUIT)
+    wait_for(lambda: not _alive(postmaster), deadline_s=30, interval_s=0.02)
 
 
-def pg_ctl(pgdata: Path, *args: str) -> None:
-    subprocess.run(
-        [str(PG_BIN / "pg_ctl"), "-D", str(pgdata), *args],
-        check=True,
-        capture_output=True,
-        timeout=60,
-        **pg_user(),
-    )
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start_again(pgdata: Path) -> None:
+    """Start the cluster as pgserver does (same socket, same owner), and leave it running."""
+    from pgserver.postgres_server import get_server
+
+    get_server(pgdata, cleanup_mode=None)
 
 
 def test_database_outage_fails_fast_and_recovers_promptly(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with serve({"OMNITUTOR_HOME": str(home)}, tmp_path / "serve.log") as (base, _):
         pgdata = home.resolve() / "pgdata"
-        socket_dir = (pgdata / "postmaster.pid").read_text().splitlines()[4]
         with httpx.Client(base_url=base, timeout=30) as c:
             assert c.post("/v1/session").status_code == 201
             acknowledged = c.post("/v1/plan", json=PLAN_BODY, headers={"Idempotency-Key": "a"})
@@ -216,7 +219,7 @@ def test_database_outage_fails_fast_and_recovers_promptly(tmp_path: Path) -> Non
                 ).events
             )
 
-            pg_ctl(pgdata, "-m", "immediate", "stop")
+            stop_immediately(pgdata)
             stopped_at = time.monotonic()
             # Within 1 s each (the client's own deadline), whatever the route.
             during = {
@@ -238,17 +241,7 @@ def test_database_outage_fails_fast_and_recovers_promptly(tmp_path: Path) -> Non
             assert during["readyz"].json()["checks"] == {"database": "unavailable"}
             outage_s = time.monotonic() - stopped_at
 
-            pg_ctl(
-                pgdata,
-                "-w",
-                "-o",
-                '-h ""',
-                "-o",
-                f"-k {socket_dir}",
-                "-l",
-                str(pgdata / "log"),
-                "start",
-            )
+            start_again(pgdata)
             restarted_at = time.monotonic()
             wait_for(
                 lambda: c.get("/v1/readyz", timeout=2).status_code == 200,
