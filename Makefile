@@ -38,6 +38,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The OpenAPI fuzz run with many more examples per operation than `make test` uses.
+fuzz: venv
+	OMNITUTOR_FUZZ_EXAMPLES=$${OMNITUTOR_FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/test_openapi.py
+
 check: lint typecheck test
 
 bench: venv

@@ -48,9 +48,9 @@ from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from commands.errors import Conflict, Internal, InvalidInput
+from eventstore.database import Pool
 from eventstore.errors import translate_errors
 from eventstore.queries import load_queries
 
@@ -65,8 +65,6 @@ LEASE_RENEW_S = 1.5
 IN_FLIGHT_RETRY_MS = 1000
 MAX_KEY_CHARS = 255
 _CLAIM_ATTEMPTS = 5
-
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 @dataclass(frozen=True)

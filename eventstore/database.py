@@ -30,6 +30,8 @@ from eventstore.errors import translate_errors
 from eventstore.queries import load_queries
 
 _Q = load_queries(Path(__file__).parent / "sql" / "admin.sql")
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]  # the one pool type every layer passes
 DATABASE_NAME = "omnitutor"
 log = structlog.get_logger(__name__)
 
@@ -86,7 +88,7 @@ class _PromptReconnect(AttemptWithBackoff):
         self.delay = min(self.delay, RECONNECT_MAX_DELAY_S)
 
 
-class Pool(AsyncConnectionPool[AsyncConnection[Any]]):
+class ResilientPool(AsyncConnectionPool[AsyncConnection[Any]]):
     """psycopg's pool, failing fast during an outage and reconnecting promptly after it.
 
     Every connection is checked as it leaves the pool (one empty round trip), so connections
@@ -140,7 +142,7 @@ async def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 4, name: str | None = None
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
     """The one way to get a connection pool: durable commits, orjson, closed on exit."""
-    pool = Pool(
+    pool = ResilientPool(
         url,
         min_size=min_size,
         max_size=max_size,
@@ -148,13 +150,28 @@ async def open_pool(
         configure=configure_connection,
         kwargs=CONNECTION_OPTIONS,
         name=name,
-        check=Pool.check_connection,
+        check=ResilientPool.check_connection,
     )
     await pool.open(wait=True, timeout=30)
     try:
         yield pool
     finally:
         await pool.close()
+
+
+@asynccontextmanager
+async def autocommit(pool: Pool) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection in autocommit, for statements that stand on their own: one round
+    trip each instead of three (BEGIN, statement, COMMIT). It goes back as it came."""
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            try:
+                await conn.set_autocommit(False)
+            except psycopg.Error:
+                await conn.close()  # mid-statement (cancelled): never hand it out as is
 
 
 def stop_embedded(home: Path) -> bool:

@@ -28,9 +28,10 @@ import httpx
 import psycopg
 import pytest
 
-from tests.sse import read_stream, wait_for
-from tests.test_lessons_api import PLAN_BODY, body_with, durable, named
-from tests.test_lessons_failover import free_port
+from tests.conditions import free_port, wait_for
+from tests.sse import read_stream
+from tests.test_lessons_api import body_with, durable, named
+from tests.test_lessons_flow import PLAN_BODY
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

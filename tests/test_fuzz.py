@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from commands.errors import ErrorCode
 from tests.conftest import make_settings
 from tests.live import serve_app
-from tests.test_lessons_api import PLAN_BODY
+from tests.test_lessons_flow import PLAN_BODY
 from web.errors import STATUS
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))

@@ -24,7 +24,8 @@ from commands.sessions import client_meta_json
 from eventstore.logconfig import STDLIB_HANDLER, configure_logging
 from tests.conftest import make_settings
 from tests.live import serve, serve_app
-from tests.test_lessons_api import PLAN_BODY, body_with
+from tests.test_lessons_api import body_with
+from tests.test_lessons_flow import PLAN_BODY
 from web.app import create_app
 from web.errors import STATUS
 

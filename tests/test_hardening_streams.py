@@ -8,13 +8,13 @@ from contextlib import ExitStack
 
 import pytest
 
+from tests.conditions import seconds_until
 from tests.live import student_client
 from tests.test_stream_resources import (
     app_server,
     append_backlog,
     new_lesson,
     stalled_reader,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -43,12 +43,12 @@ def test_a_dropped_stalled_reader_is_reset_not_closed_gracefully(db_url: str) ->
         asyncio.run(append_backlog(db_url, lesson_id, 3000))
         stalled = stalled_reader(base, path, client.cookies["ot_session"])
         try:
-            wait_until(lambda: svc.hub.subscriber_count == 1, 5, "stalled reader in")
-            wait_until(lambda: svc.hub.subscriber_count == 0, 5, "stalled reader dropped")
+            seconds_until(lambda: svc.hub.subscriber_count == 1, 5, "stalled reader in")
+            seconds_until(lambda: svc.hub.subscriber_count == 0, 5, "stalled reader dropped")
             # Only now does the client read: the server has reset the connection, so the
             # read fails instead of draining megabytes the server kept buffered for it.
             stalled.setblocking(False)
-            wait_until(lambda: reset_by_server(stalled), 5, "connection reset")
+            seconds_until(lambda: reset_by_server(stalled), 5, "connection reset")
         finally:
             stalled.close()
 
@@ -76,7 +76,7 @@ def test_open_streams_are_capped_per_session(db_url: str) -> None:
             with client.stream("GET", path) as again:
                 return again.status_code == 200
 
-        wait_until(opens, 5, "a slot freed")
+        seconds_until(opens, 5, "a slot freed")
 
 
 def test_open_streams_are_capped_per_client_address(db_url: str) -> None:

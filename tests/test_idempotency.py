@@ -150,7 +150,7 @@ async def test_a_renewed_claim_outlives_its_first_lease(pool: AsyncConnectionPoo
 
 def lesson_events(user: str) -> list[NewEvent]:
     meta = EventMeta("req_test", user, new_id())
-    created = LessonCreated(meta.session_id, user, "physics", "Waves", "ug", {})
+    created = LessonCreated(new_id(), user, "physics", "Waves", "ug", {})
     return [NewEvent.of(created, meta)]
 
 

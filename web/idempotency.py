@@ -47,13 +47,13 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands import idempotency
+from commands.bootstrap import Deps
 from commands.errors import CommandError, ErrorCode, InvalidInput, Unauthorized
 from commands.sessions import authenticate
 from eventstore.errors import StoreError
 from eventstore.store import InTransaction
 from web.errors import ApiError, error_response, store_failure
-from web.services import Services
-from web.sessions import COOKIE
+from web.requests import COOKIE
 
 log = structlog.get_logger("omnitutor.idempotency")
 
@@ -123,7 +123,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         trace_id = str(scope.get("state", {}).get("trace_id", ""))
-        svc: Services = scope["app"].state.services
+        svc: Deps = scope["app"].state.deps
         try:
             if len(raw_keys) > 1:
                 raise InvalidInput(idempotency.HEADER, "must be sent once, not repeated")
@@ -135,6 +135,7 @@ class IdempotencyMiddleware:
                     raise
                 await self.app(scope, receive, send)
                 return
+            scope.setdefault("state", {})["principal"] = principal  # routes reuse it
             structlog.contextvars.bind_contextvars(
                 user_id=principal.user_id, session_id=principal.session_id
             )
@@ -162,7 +163,7 @@ class IdempotencyMiddleware:
         self,
         claim: idempotency.Claim,
         body: bytes,
-        svc: Services,
+        svc: Deps,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -216,7 +217,7 @@ class IdempotencyMiddleware:
 
     async def _settle(
         self,
-        svc: Services,
+        svc: Deps,
         claim: idempotency.Claim,
         status: int | None,
         media_type: str,
@@ -233,7 +234,7 @@ class IdempotencyMiddleware:
             # The key stays in flight until its lease ends (seconds), then a retry runs.
             log.error("idempotency: could not store the answer", error=str(e))
 
-    async def _release(self, svc: Services, claim: idempotency.Claim) -> None:
+    async def _release(self, svc: Deps, claim: idempotency.Claim) -> None:
         try:
             await idempotency.release(svc.pool, claim)
         except StoreError as e:
@@ -256,7 +257,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def _keep_renewed(svc: Services, claim: idempotency.Claim) -> None:
+async def _keep_renewed(svc: Deps, claim: idempotency.Claim) -> None:
     """Renew the claim's lease while the request runs (cancelled when it ends)."""
     while True:
         await asyncio.sleep(idempotency.LEASE_RENEW_S)  # a heartbeat, not a wait for a state

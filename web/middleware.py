@@ -49,7 +49,7 @@ from eventstore.settings import IPNetwork
 from web.body import is_json
 from web.client_ip import client_ip
 from web.errors import ApiError, error_response
-from web.sessions import COOKIE
+from web.requests import COOKIE
 
 log = structlog.get_logger("omnitutor.http")
 
