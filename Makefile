@@ -26,6 +26,11 @@ tools:
 test: venv tools
 	$(BIN)/python -m pytest
 
+# Hostile input over every route (tests/test_fuzz.py), many more generated cases than the
+# suite runs: no 5xx, the envelope on every refusal. FUZZ_EXAMPLES sets how many per test.
+fuzz: venv
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/test_fuzz.py -q
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -14,13 +14,15 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from commands.errors import Unauthorized
+from commands.errors import InvalidInput, Unauthorized
 from eventstore.errors import translate_errors
 from eventstore.ids import new_id
 from eventstore.queries import load_queries
 
 _Q = load_queries(Path(__file__).parent / "sql" / "sessions.sql")
 TOKEN_BYTES = 32
+CLIENT_META_MAX_DEPTH = 8
+CLIENT_META_MAX_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,34 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def client_meta_json(client_meta: dict[str, Any]) -> str:
+    """`client_meta` as the jsonb text to store, or InvalidInput naming the field.
+
+    Checked before encoding: orjson cannot re-encode more than 254 levels and jsonb refuses
+    NUL in any key or string, and either would otherwise surface as a 500.
+    """
+    todo: list[tuple[object, str, int]] = [(client_meta, "client_meta", 1)]
+    while todo:
+        item, where, depth = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidInput(where, "must not contain NUL (U+0000)")
+        elif isinstance(item, dict | list):
+            if depth > CLIENT_META_MAX_DEPTH:
+                raise InvalidInput(where, f"is nested deeper than {CLIENT_META_MAX_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if "\x00" in key:
+                        raise InvalidInput(where, "a key must not contain NUL (U+0000)")
+                    todo.append((child, f"{where}.{key}", depth + 1))
+            else:
+                todo.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
+    encoded = orjson.dumps(client_meta).decode()
+    if len(encoded) > CLIENT_META_MAX_BYTES:
+        raise InvalidInput("client_meta", f"must encode to at most {CLIENT_META_MAX_BYTES} bytes")
+    return encoded
+
+
 async def open_session(
     pool: AsyncConnectionPool[AsyncConnection[Any]],
     token: str | None,
@@ -51,6 +81,7 @@ async def open_session(
     days: int,
 ) -> SessionGrant:
     """Refresh the session behind `token`, or create an anonymous user and session."""
+    meta_json = client_meta_json(client_meta)
     if token:
         with contextlib.suppress(Unauthorized):  # an ended visit gives way to a new one
             await authenticate(pool, token, days=days)
@@ -73,7 +104,7 @@ async def open_session(
                     "user_id": new_id(),
                     "anon_id": new_id(),
                     "session_id": new_id(),
-                    "client_meta": orjson.dumps(client_meta).decode(),
+                    "client_meta": meta_json,
                     "token_hash": hash_token(new_token),
                     "days": days,
                 },

@@ -2,6 +2,11 @@
 
 Request context (trace_id, path, session_id, user_id, lesson_id …) is bound to contextvars
 by the request middleware, so every line logged while serving a request carries it.
+
+Libraries that log through the standard library (uvicorn, psycopg_pool) go through the same
+processors and renderer (structlog's ProcessorFormatter on one root handler), so stderr
+carries one format: JSON lines with `logger` naming the library, or the console renderer on a
+terminal. `omnitutor serve` runs uvicorn with `log_config=None` so that it keeps this.
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ class _CurrentStderr:
         return sys.stderr.isatty()
 
 
+STDLIB_HANDLER = "omnitutor"  # the name of the root handler configure_logging installs
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out: TextIO | _CurrentStderr = stream or _CurrentStderr()
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    numeric_level = _LEVELS.get(level, logging.INFO)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -52,8 +61,40 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         renderer = structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]  # duck-typed
         # Not cached: module-level loggers must follow a later reconfiguration.
         cache_logger_on_first_use=False,
     )
+    _route_stdlib_logging(out, numeric_level, shared, renderer)
+
+
+def _route_stdlib_logging(
+    out: TextIO | _CurrentStderr,
+    level: int,
+    shared: list[structlog.types.Processor],
+    renderer: structlog.types.Processor,
+) -> None:
+    """One root handler rendering stdlib records with structlog's processors."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *shared,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.set_name(STDLIB_HANDLER)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == STDLIB_HANDLER]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "psycopg", "psycopg.pool"):
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+    # psycopg_pool logs every connection hand-out at info: only its warnings are news.
+    logging.getLogger("psycopg").setLevel(max(level, logging.WARNING))

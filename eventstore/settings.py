@@ -64,6 +64,17 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma- or space-separated origins ("https://app.example, http://localhost:5173")."""
+    origins: list[str] = []
+    for item in (env.get(name) or "").replace(",", " ").split():
+        scheme, sep, host = item.lower().rstrip("/").partition("://")
+        if not sep or scheme not in {"http", "https"} or not host or "/" in host:
+            raise SystemExit(f"{name}: {item!r} is not an origin like https://app.example")
+        origins.append(f"{scheme}://{host}")
+    return tuple(origins)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None  # DATABASE_URL; None → embedded PostgreSQL 16
@@ -83,6 +94,11 @@ class Settings:
     limit_plan_user_per_hour: int = 30  # OMNITUTOR_LIMIT_PLAN_USER_PER_HOUR
     limit_ask_user_per_hour: int = 300  # OMNITUTOR_LIMIT_ASK_USER_PER_HOUR
     trusted_proxies: tuple[IPNetwork, ...] = ()  # OMNITUTOR_TRUSTED_PROXIES
+    # Origins besides the service's own allowed to send state-changing requests (CORS-free
+    # cross-site writes are refused otherwise).
+    allowed_origins: tuple[str, ...] = ()  # OMNITUTOR_ALLOWED_ORIGINS
+    sse_max_per_session: int = 10  # OMNITUTOR_SSE_MAX_PER_SESSION: open streams per session
+    sse_max_per_client: int = 100  # OMNITUTOR_SSE_MAX_PER_CLIENT: open streams per client IP
     daily_cap_usd: Decimal = Decimal(50)  # OMNITUTOR_DAILY_CAP_USD
     over_quota_forced: bool = False  # OT_OVER_QUOTA=1: refuse new generations from start-up
     # Lessons (docs/lessons.md): the model provider, generation and the SSE stream.
@@ -149,6 +165,9 @@ class Settings:
                 e, "OMNITUTOR_LIMIT_ASK_USER_PER_HOUR", d.limit_ask_user_per_hour
             ),
             trusted_proxies=_networks(e, "OMNITUTOR_TRUSTED_PROXIES"),
+            allowed_origins=_origins(e, "OMNITUTOR_ALLOWED_ORIGINS"),
+            sse_max_per_session=_int(e, "OMNITUTOR_SSE_MAX_PER_SESSION", d.sse_max_per_session),
+            sse_max_per_client=_int(e, "OMNITUTOR_SSE_MAX_PER_CLIENT", d.sse_max_per_client),
             daily_cap_usd=_decimal(e, "OMNITUTOR_DAILY_CAP_USD", d.daily_cap_usd),
             over_quota_forced=_flag(e.get("OT_OVER_QUOTA")),
             provider=_provider(e),

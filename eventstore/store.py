@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -239,6 +239,9 @@ async def _fetch_events(
 
 
 AppendListener = Callable[[Sequence[StoredEvent]], None]
+# Extra work committed atomically with an append (an idempotency key's answer): it runs on
+# the append's connection inside its transaction; raising rolls the append back.
+InTransaction = Callable[[AsyncConnection[Any]], Awaitable[None]]
 
 
 # Reads on a connection the caller holds (its transaction, its snapshot): the projections
@@ -284,12 +287,18 @@ class EventStore:
         self._listeners.append(listener)
 
     async def append(
-        self, lesson_id: str, events: Sequence[NewEvent], expected_seq: int
+        self,
+        lesson_id: str,
+        events: Sequence[NewEvent],
+        expected_seq: int,
+        in_transaction: InTransaction | None = None,
     ) -> list[StoredEvent]:
         """Append a batch to a lesson at expected_seq+1…, atomically; idempotent by event id.
 
         Raises WrongExpectedSeq (naming the current seq) if another writer got there first,
         and DuplicateEventId if an id is already stored with different content.
+        `in_transaction`, if given, runs after the INSERT in the same transaction (one more
+        round trip), so its writes commit with the events or not at all.
         """
         if not events:
             return []
@@ -298,7 +307,7 @@ class EventStore:
         payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
         metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
         shared = None
-        if len(events) == 1 and not sealed.rows:
+        if len(events) == 1 and not sealed.rows and in_transaction is None:
             shared = await self._shared.append(
                 _Waiting(lesson_id, events[0], expected_seq, payloads[0], metadata[0])
             )
@@ -306,7 +315,7 @@ class EventStore:
             stored = shared
         else:
             stored = await self._append_alone(
-                lesson_id, events, expected_seq, payloads, metadata, sealed
+                lesson_id, events, expected_seq, payloads, metadata, sealed, in_transaction
             )
         if stored:
             stored = personal.reveal(stored, sealed.personal)
@@ -324,15 +333,24 @@ class EventStore:
         payloads: Sequence[str],
         metadata: Sequence[str],
         sealed: personal.Sealed,
+        in_transaction: InTransaction | None = None,
     ) -> list[StoredEvent]:
-        """The batch in a statement of its own (with its vault rows, in one commit): its
-        events, or [] if a unique key was taken or expected_seq runs ahead of the log."""
+        """The batch in a statement of its own, with its vault rows and `in_transaction` in
+        one commit: its events, or [] if a unique key was taken or expected_seq runs ahead
+        of the log (then `in_transaction` does not run)."""
         query, params = _append_statement(lesson_id, events, expected_seq, payloads, metadata)
+        atomic = bool(sealed.rows) or in_transaction is not None
         try:
             with translate_errors():
-                async with self._connection() as conn, personal.kept(conn, sealed):
+                async with (
+                    self._connection() as conn,
+                    conn.transaction() if atomic else contextlib.nullcontext(),
+                ):
+                    await personal.keep(conn, sealed.rows)
                     cur = await conn.execute(query, params)
                     rows = await cur.fetchall()
+                    if rows and in_transaction is not None:
+                        await in_transaction(conn)
         except UniqueKeyTaken:
             return []
         return _inserted(events, payloads, metadata, [lesson_id] * len(events), rows)

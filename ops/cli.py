@@ -55,6 +55,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from web.app import create_app
+    from web.transport import AbortingH11Protocol
 
     started = time.perf_counter()
     with database_url(settings.database_url, settings.home) as url:
@@ -80,6 +81,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             # The trusted-proxy rule is web/client_ip.py's (OMNITUTOR_TRUSTED_PROXIES); uvicorn's
             # own would believe X-Forwarded-For from 127.0.0.1 before the app sees the peer.
             proxy_headers=False,
+            # uvicorn's own logging set-up would print plain text beside our JSON lines;
+            # without it its records reach the root handler configure_logging installed.
+            log_config=None,
+            # A stream that drops a stalled reader resets its connection (web/transport.py).
+            http=AbortingH11Protocol,
         )
     return 0
 

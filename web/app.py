@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import orjson
+import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from commands.bootstrap import open_deps
-from commands.errors import CommandError, ErrorCode, Internal
+from commands.errors import CommandError, ErrorCode
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
@@ -29,10 +30,12 @@ from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
 from web import accounts, api_schemas, health, openapi, routes, sessions
 from web.error_events import ErrorEvents
-from web.errors import ApiError, error_response
+from web.errors import ApiError, error_response, store_failure
 from web.idempotency import IdempotencyMiddleware
-from web.middleware import RequestContext
+from web.middleware import RequestContext, RequestGuard, StreamLimit
 from web.openapi import Spec, api
+
+log = structlog.get_logger("omnitutor.http")
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
@@ -91,13 +94,13 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         return error_response(exc, trace_id(request))
 
     async def on_store_error(request: Request, exc: Exception) -> Response:
-        recoverable = isinstance(exc, DatabaseUnavailable)
-        return error_response(
-            Internal(
-                "The tutor's memory is unavailable. Try again in a moment.", recoverable=recoverable
-            ),
-            trace_id(request),
-        )
+        assert isinstance(exc, StoreError)
+        if isinstance(exc, DatabaseUnavailable):
+            log.warning("database unavailable", error=str(exc))
+        else:
+            # The 500's cause, with the trace id (bound to this request's log context).
+            log.error("storage error", exc_info=exc)
+        return error_response(store_failure(exc), trace_id(request))
 
     @api(
         Spec(
@@ -113,7 +116,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             request.app.state.openapi = orjson.dumps(document)
         return Response(request.app.state.openapi, media_type="application/json")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *health.routes,
             *sessions.routes,
@@ -124,6 +127,13 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         middleware=[
             Middleware(RequestContext),
             Middleware(ErrorEvents, per_second=settings.error_events_per_s),
+            Middleware(RequestGuard, allowed_origins=settings.allowed_origins),
+            Middleware(
+                StreamLimit,
+                per_session=settings.sse_max_per_session,
+                per_client=settings.sse_max_per_client,
+                trusted_proxies=settings.trusted_proxies,
+            ),
             Middleware(IdempotencyMiddleware),
         ],
         exception_handlers={
@@ -133,3 +143,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # No redirects: Starlette would answer `/v1/plan/` with a 307 whose Location is built from
+    # the Host header; an unknown path is the 404 envelope like any other.
+    app.router.redirect_slashes = False
+    return app

@@ -10,6 +10,7 @@ from commands.errors import ErrorCode
 from commands.handlers import lessons
 from commands.messages import AbandonLesson, CreatePlan, OpenStream, ReadLesson
 from web import api_schemas as schemas
+from web.idempotency import answer_recorder
 from web.openapi import Spec, api
 from web.requests import answer, body, caller, deps
 from web.stream import LessonStream
@@ -35,7 +36,16 @@ from web.stream import LessonStream
 )  # fmt: skip
 async def create_plan(request: Request) -> Response:
     cmd = CreatePlan(await caller(request), await body(request))
-    return answer(request, await lessons.create_plan(cmd, deps(request)))
+
+    def render(result: lessons.PlanAnswer) -> bytes:
+        return bytes(answer(request, result).body)
+
+    # The Idempotency-Key's answer commits with the lesson's events (crash-safe retry); the
+    # answer sent is the same rendering, byte for byte.
+    result = await lessons.create_plan(
+        cmd, deps(request), record_outcome=answer_recorder(request, render)
+    )
+    return answer(request, result)
 
 
 @api(
