@@ -23,19 +23,23 @@ from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import health, lessons, sessions
+from web import health, lessons, metrics, page, sessions
 from web.errors import ApiError, error_response
 from web.idempotency import IdempotencyMiddleware
 from web.lesson_runtime import open_provider, open_supervisor
+from web.metrics import HttpMetrics, Metrics
 from web.middleware import RequestContext
 from web.services import Services
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
+    app_metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_pool(database_url, max_size=settings.pool_max, name="omnitutor") as pool:
             store = EventStore(pool)
+            store.on_append(app_metrics.count_appended)
             hub = Hub(store, database_url)
             projections = ProjectionRunner(pool, poll_s=settings.projections_poll_s)
 
@@ -46,6 +50,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             sequencer = Sequencer(store, on_sequenced=log_moved)
             provider = open_provider(settings)
             supervisor = open_supervisor(settings, pool, store, provider)
+            app_metrics.watch_generations(lambda: len(supervisor.workers))
             app.state.services = Services(
                 settings=settings,
                 pool=pool,
@@ -102,9 +107,20 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             trace_id(request),
         )
 
-    return Starlette(
-        routes=[*health.routes, *sessions.routes, *lessons.routes],
-        middleware=[Middleware(RequestContext), Middleware(IdempotencyMiddleware)],
+    app = Starlette(
+        routes=[
+            *health.routes,
+            *sessions.routes,
+            *lessons.routes,
+            *metrics.routes,
+            *page.routes,
+        ],
+        middleware=[
+            # Outermost, so that it sees the status of every answer, the 500s included.
+            Middleware(HttpMetrics, metrics=app_metrics),
+            Middleware(RequestContext),
+            Middleware(IdempotencyMiddleware),
+        ],
         exception_handlers={
             HTTPException: on_http_exception,
             CommandError: on_command_error,
@@ -112,3 +128,5 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.metrics = app_metrics
+    return app
