@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from commands.errors import CommandError, ErrorCode, Internal
+from commands.model_log import log_model_calls
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
@@ -40,6 +41,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         async with open_pool(database_url, max_size=settings.pool_max, name="omnitutor") as pool:
             store = EventStore(pool)
             store.on_append(app_metrics.count_appended)
+            store.on_append(log_model_calls)
             hub = Hub(store, database_url)
             projections = ProjectionRunner(pool, poll_s=settings.projections_poll_s)
 

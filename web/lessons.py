@@ -82,6 +82,7 @@ async def get_lesson(request: Request) -> Response:
     svc = services(request)
     principal = await current_principal(request)
     lesson_id = request.path_params["lesson_id"]
+    structlog.contextvars.bind_contextvars(lesson_id=lesson_id)
     _, state = await lesson_service.load_owned(svc.store, lesson_id, principal.user_id)
     body = {"ok": True, **lesson_service.lesson_json(state), "trace_id": _trace_id(request)}
     return JSONResponse(body)
@@ -91,6 +92,7 @@ async def abandon_lesson(request: Request) -> Response:
     svc = services(request)
     principal = await current_principal(request)
     lesson_id = request.path_params["lesson_id"]
+    structlog.contextvars.bind_contextvars(lesson_id=lesson_id)
     events, state = await lesson_service.load_owned(svc.store, lesson_id, principal.user_id)
     meta = EventMeta(_trace_id(request), principal.user_id, principal.session_id)
     state = await lesson_service.abandon(svc.store, svc.supervisor, events, state, meta)
