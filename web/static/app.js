@@ -27,6 +27,7 @@
     beat1: null,
     beats: new Map(),    // ord → {card, status, content, partial, completions, audioUrl}
     current: 1,          // the beat the student is on
+    adjustingFrom: null, // the beat an adjust of this page was made from, until its revision
     plansSeen: 0,        // plan_ready events seen by this lesson view
     revision: 1,
     source: null,        // the EventSource
@@ -385,12 +386,17 @@
     $("answers").replaceChildren();
     $("makeme-result").hidden = true;
     $("lesson-done").hidden = true;
+    $("view-lesson").classList.remove("finished");
+    state.revision = known.revision_num || 1;
+    $("beats").dataset.revision = String(state.revision);
     $("lesson-title").textContent = lessonTitle(known);
     renderLessonPlan(known.plan);
     for (const b of known.beats || []) {
       if (b.status === "ready" && b.content_json) completeBeat(b, false);
     }
-    setCurrent(1);
+    // A lesson picked up again starts at its last ready beat (where the student left off).
+    const ready = [...state.beats.values()].filter((b) => b.status === "ready").map((b) => b.ord);
+    setCurrent(finished || !ready.length ? 1 : Math.max(...ready));
     show("lesson");
     if (finished) {
       lessonComplete();
@@ -688,7 +694,8 @@
     switch (name) {
       case "plan_ready":
         state.plansSeen += 1;
-        if (state.plansSeen > 1 || data.revision_num) revisePlan(data);
+        // A second plan_ready, or one newer than what the page shows, is a revised plan.
+        if (state.plansSeen > 1 || (data.revision_num || 0) > state.revision) revisePlan(data);
         else { state.plan = data.plan; renderLessonPlan(data.plan); }
         break;
       case "beat_partial":
@@ -726,9 +733,14 @@
   // stream sends them again under the new plan.
   function revisePlan(data) {
     if (data.revision_num) state.revision = data.revision_num;
+    $("beats").dataset.revision = String(state.revision);
+    // Beats up to the one the adjust was made from survive: the event's word if it says,
+    // else this page's own adjust, else where the student is.
+    const keep = data.current_beat_ord || state.adjustingFrom || state.current;
+    state.adjustingFrom = null;
     state.plan = data.plan;
     for (const [ord, entry] of state.beats) {
-      if (ord > state.current) {
+      if (ord > keep) {
         entry.status = "pending";
         entry.partial = "";
         entry.content = null;
@@ -739,8 +751,9 @@
       }
     }
     $("lesson-done").hidden = true;
+    $("view-lesson").classList.remove("finished");
     renderLessonPlan(data.plan);
-    for (const [ord, entry] of state.beats) if (ord > state.current) fillPending(entry);
+    for (const [ord, entry] of state.beats) if (ord > keep) fillPending(entry);
   }
 
   async function diagnoseStream(lessonId) {
@@ -759,6 +772,7 @@
   }
 
   function lessonComplete() {
+    $("view-lesson").classList.add("finished");  // a finished lesson is not adjusted (409)
     const done = $("lesson-done");
     done.hidden = false;
     const extras = [
@@ -796,16 +810,18 @@
   }
 
   async function adjust(level, button) {
-    await guarded("adjust", button, async () => {
+    state.adjustingFrom = state.current;  // the stream may announce the revision first
+    const applied = await guarded("adjust", button, async () => {
       const result = await api("POST", `/v1/lesson/${state.lessonId}/adjust`, { level, current_beat_ord: state.current });
       toast(level === "easier" ? "Making it easier from here on." : "Making it harder from here on.");
-      // The stream announces the revision too (plan_ready with revision_num); if the lesson
-      // had already finished, its stream is closed: apply the answer and stream again.
-      if (!state.source && result.plan) {
-        revisePlan({ plan: result.plan, revision_num: result.revision_num });
-        openStream(state.lessonId);
+      // The stream announces the revision itself (plan_ready with revision_num) and then
+      // re-streams the beats after result.current_beat_ord.
+      if (result.current_beat_ord && state.revision < (result.revision_num || 0)) {
+        state.adjustingFrom = result.current_beat_ord;
       }
+      return true;
     });
+    if (!applied) state.adjustingFrom = null;
   }
 
   async function visualize(entry, button) {
