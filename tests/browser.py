@@ -81,9 +81,10 @@ def open_page(
         context.close()
 
 
-def screenshot(page: Page, directory: Path, name: str) -> Path:
+def screenshot(page: Page, directory: Path, name: str, *, full_page: bool = True) -> Path:
+    """The whole page, or what is on screen (a modal covers the screen, not the page)."""
     path = directory / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     print(f"screenshot: {path}")
     return path
 

@@ -6,6 +6,8 @@ streams with a small pace, so a lesson takes a few seconds and the stream can be
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page
 
+from commands import spendcap
+from eventstore.database import open_pool
 from tests.browser import (
     DESKTOP,
     PHONE,
@@ -157,11 +161,45 @@ def test_over_quota_shows_the_drama_modal(
         assert text.startswith("Tutor is full · try in ")
         assert page.evaluate("document.activeElement.id") == "modal-close"
         assert page.is_hidden("#view-plan")  # no spinner, no plan: the modal explains
-        screenshot(page, tmp_path, "07-over-quota-modal")
+        screenshot(page, tmp_path, "07-over-quota-modal", full_page=False)
         page.keyboard.press("Escape")
         assert page.is_hidden("#modal")
         assert page.evaluate("document.activeElement.id") == "plan-submit"
         watch.assert_clean()
+
+
+def set_over_quota_flag(db_url: str) -> None:
+    """`omnitutor spend flag on`, from a thread of its own (Playwright owns this one's loop)."""
+
+    async def flag_on() -> None:
+        async with open_pool(db_url, max_size=1) as pool:
+            await spendcap.set_flag(pool, True, "browser test")
+
+    worker = threading.Thread(target=asyncio.run, args=(flag_on(),))
+    worker.start()
+    worker.join(30)
+
+
+def test_over_quota_when_the_lesson_starts_shows_the_modal_too(
+    browser: Browser,  # noqa: F811
+    db_url: str,
+    server: str,
+    tmp_path: Path,
+) -> None:
+    # The cap is also checked when the stream first opens (generation is new spend). The
+    # stream's refusal is an HTTP answer EventSource cannot read: the page asks with fetch.
+    with open_page(browser, server, PHONE) as (page, watch):
+        fill_setup(page, "Archimedes' principle")
+        page.click("#plan-submit")
+        page.wait_for_selector("#view-plan:not([hidden])")
+        set_over_quota_flag(db_url)
+        page.click("#plan-start")
+        page.wait_for_selector("#modal:not([hidden])")
+        assert (page.text_content("#modal-text") or "").startswith("Tutor is full · try in ")
+        assert page.is_hidden("#reconnecting")
+        assert page.is_visible("#view-plan")  # not a lesson stuck at "Coming up…"
+        screenshot(page, tmp_path, "11-over-quota-at-start", full_page=False)
+        assert watch.page_errors == []
 
 
 def test_a_refused_topic_gets_the_owl_line(

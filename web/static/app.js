@@ -765,7 +765,11 @@
       if (response.status === 204) { lessonComplete(); return; }
       if (response.ok) { controller.abort(); openStream(lessonId); return; }
       const body = await response.json().catch(() => ({}));
-      showError(new ApiError(response.status, body));
+      const error = new ApiError(response.status, body);
+      // Refused before it began (the day's budget is spent): back to the plan, Start
+      // works again later, and the modal says when.
+      if (error.code === "over_quota" && state.plan) show("plan");
+      showError(error);
     } catch {
       owl("I can't reach the tutor right now. Check your connection and reload.");
     }
