@@ -23,11 +23,18 @@ DESKTOP = {"width": 1100, "height": 900}
 WAIT_MS = 30_000  # the deadline for any one condition the page must reach
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-scoped: sync Playwright keeps an event loop marked as running
+# in this thread while it is open, and the suite's async tests need that thread's loop.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as p:
-        # --no-sandbox: the tests run as root in CI, where Chromium's sandbox refuses to start.
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        # --no-sandbox: the tests run as root in CI, where Chromium's sandbox refuses to start;
+        # --disable-dev-shm-usage: a small /dev/shm (containers) would crash its renderers.
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
+        )
         try:
             yield b
         finally:
