@@ -28,6 +28,8 @@ from eventstore.errors import translate_errors
 from eventstore.queries import load_queries
 
 _Q = load_queries(Path(__file__).parent / "sql" / "admin.sql")
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]  # the one pool type every layer passes
 DATABASE_NAME = "omnitutor"
 log = structlog.get_logger(__name__)
 
@@ -86,6 +88,21 @@ async def open_pool(
         yield pool
     finally:
         await pool.close()
+
+
+@asynccontextmanager
+async def autocommit(pool: Pool) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection in autocommit, for statements that stand on their own: one round
+    trip each instead of three (BEGIN, statement, COMMIT). It goes back as it came."""
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            try:
+                await conn.set_autocommit(False)
+            except psycopg.Error:
+                await conn.close()  # mid-statement (cancelled): never hand it out as is
 
 
 def stop_embedded(home: Path) -> bool:

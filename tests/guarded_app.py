@@ -7,6 +7,7 @@ fail that way, so a real HTTP request to the real `POST /v1/plan` can reach ever
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -102,8 +103,8 @@ def guarded_app(settings: Settings, database_url: str) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[Any]:
         async with opened(app) as state:
             scripted = ScriptedProvider()
-            app.state.services.provider = scripted
-            app.state.services.supervisor.provider = scripted  # generation uses it too
+            app.state.deps = dataclasses.replace(app.state.deps, provider=scripted)
+            app.state.deps.supervisor.provider = scripted  # generation uses it too
             yield state
 
     app.router.lifespan_context = lifespan

@@ -12,9 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from projections.catalog import BY_NAME
+from tests.conditions import wait_for
 from tests.conftest import make_settings
 from tests.live import serve_app, student_client
-from tests.sse import read_stream, wait_for
+from tests.sse import read_stream
 from tests.test_lessons_flow import PLAN_BODY
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -61,7 +62,9 @@ def test_metrics_count_requests_events_and_read_lag_and_spend(db_url: str) -> No
             idle = value(s, "omnitutor_lessons_generating") == 0
             return s if idle and all(lag == 0 for lag in lags) else None
 
-        s = wait_for(settled)
+        found = wait_for(settled, what="generation idle and projections caught up")
+        assert found is not None
+        s = found
         requests = "omnitutor_http_requests_total"
         assert value(s, requests, route="/v1/session", method="POST", status="201") == 1
         assert value(s, requests, route="/v1/plan", method="POST", status="200") == 1

@@ -1,7 +1,8 @@
 """The Starlette application: routes, error handlers, and the resources a process holds.
 
 Resources open in the lifespan, never at import: one connection pool, the event store, and
-the per-process sequencer and subscription hub. Handlers reach them through `services(request)`.
+the per-process sequencer, subscription hub and projection runner, and the use cases'
+dependencies (commands/bootstrap.py), which routes reach through `deps(request)`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
+from commands.bootstrap import open_deps
 from commands.errors import CommandError, ErrorCode, Internal
 from commands.model_log import log_model_calls
 from eventstore.database import open_pool
@@ -24,13 +28,12 @@ from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import health, lessons, metrics, page, sessions
+from web import api_schemas, health, metrics, openapi, page, routes, sessions
 from web.errors import ApiError, error_response
 from web.idempotency import IdempotencyMiddleware
-from web.lesson_runtime import open_provider, open_supervisor
 from web.metrics import HttpMetrics, Metrics
 from web.middleware import RequestContext
-from web.services import Services
+from web.openapi import Spec, api
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
@@ -50,39 +53,31 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 projections.wake()
 
             sequencer = Sequencer(store, on_sequenced=log_moved)
-            provider = open_provider(settings)
-            supervisor = open_supervisor(settings, pool, store, provider)
-            app_metrics.watch_generations(lambda: len(supervisor.workers))
-            app.state.services = Services(
-                settings=settings,
-                pool=pool,
-                store=store,
-                hub=hub,
-                provider=provider,
-                supervisor=supervisor,
-            )
-            tasks = [
-                asyncio.create_task(sequencer.run(), name="sequencer"),
-                asyncio.create_task(hub.run(), name="hub"),
-                asyncio.create_task(supervisor.run(), name="generation-supervisor"),
-                asyncio.create_task(projections.run(), name="projections"),
-            ]
-            try:
-                yield
-            finally:
-                for task in tasks:
-                    task.cancel()
-                # Bounded: a task cancelled inside psycopg's wait can stay cancelling forever
-                # on Python 3.11 (psycopg answers with a server-side cancel and waits again).
-                await asyncio.wait(tasks, timeout=5)
-                await supervisor.aclose()
-                await provider.aclose()
+            async with open_deps(settings, pool, store, hub) as deps:
+                app.state.deps = deps
+                app_metrics.watch_generations(lambda: len(deps.supervisor.workers))
+                tasks = [
+                    asyncio.create_task(sequencer.run(), name="sequencer"),
+                    asyncio.create_task(hub.run(), name="hub"),
+                    asyncio.create_task(deps.supervisor.run(), name="generation-supervisor"),
+                    asyncio.create_task(projections.run(), name="projections"),
+                ]
+                try:
+                    yield
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    # Bounded: a task cancelled inside psycopg's wait can stay cancelling
+                    # forever on Python 3.11 (psycopg answers with a server-side cancel and
+                    # waits again).
+                    await asyncio.wait(tasks, timeout=5)
 
     def trace_id(request: Request) -> str:
         return str(request.scope.get("state", {}).get("trace_id", ""))
 
     async def on_http_exception(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+        if not isinstance(exc, HTTPException):
+            raise exc
         if exc.status_code == 404:
             err = ApiError(ErrorCode.NOT_FOUND, f"no route for {request.method} {request.url.path}")
         elif exc.status_code == 405:
@@ -97,7 +92,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         return error_response(err, trace_id(request))
 
     async def on_command_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, CommandError)
+        if not isinstance(exc, CommandError):
+            raise exc
         return error_response(exc, trace_id(request))
 
     async def on_store_error(request: Request, exc: Exception) -> Response:
@@ -109,11 +105,26 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             trace_id(request),
         )
 
+    @api(
+        Spec(
+            "This document: OpenAPI 3.1 of every /v1/ route",
+            response={"type": "object"},
+            wrapped=False,
+            auth=False,
+        )
+    )
+    async def openapi_json(request: Request) -> Response:
+        if not hasattr(request.app.state, "openapi"):
+            document = openapi.document(request.app.routes, api_schemas.COMPONENTS)
+            request.app.state.openapi = orjson.dumps(document)
+        return Response(request.app.state.openapi, media_type="application/json")
+
     app = Starlette(
         routes=[
             *health.routes,
             *sessions.routes,
-            *lessons.routes,
+            *routes.routes,
+            Route("/v1/openapi.json", openapi_json, methods=["GET"]),
             *metrics.routes,
             *page.routes,
         ],

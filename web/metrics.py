@@ -42,7 +42,7 @@ from eventstore.store import StoredEvent
 from projections import checkpoints
 from web.client_ip import request_client_ip
 from web.errors import ApiError
-from web.services import services
+from web.requests import deps
 
 UNMATCHED = "unmatched"  # no route: one label value, never the raw path (unbounded)
 
@@ -149,7 +149,7 @@ class HttpMetrics:
 
 
 def _may_read(request: Request) -> bool:
-    settings = services(request).settings
+    settings = deps(request).settings
     try:
         addr = ipaddress.ip_address(request_client_ip(request))
     except ValueError:
@@ -162,7 +162,7 @@ def _may_read(request: Request) -> bool:
 async def metrics_endpoint(request: Request) -> Response:
     if not _may_read(request):
         raise ApiError(ErrorCode.NOT_FOUND, f"no route for {request.method} {request.url.path}")
-    svc = services(request)
+    svc = deps(request)
     metrics: Metrics = request.app.state.metrics
     for p in await checkpoints.status(svc.pool):
         metrics.projection_lag_events.labels(projection=p.name).set(p.lag_events)

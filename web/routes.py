@@ -1,0 +1,96 @@
+"""The lesson routes: each parses the request, calls one handler, and renders its answer."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from commands.errors import ErrorCode
+from commands.handlers import lessons
+from commands.messages import AbandonLesson, CreatePlan, OpenStream, ReadLesson
+from web import api_schemas as schemas
+from web.openapi import Spec, api
+from web.requests import answer, body, caller, deps
+from web.stream import LessonStream
+
+
+@api(
+    Spec(
+        "Plan a lesson from a setup intent (fast tier), with beat 1",
+        request=schemas.PLAN_REQUEST,
+        response=schemas.PLAN_ANSWER,
+        idempotency="required",
+        errors=(ErrorCode.CONFLICT, ErrorCode.REFUSED, ErrorCode.OVER_QUOTA,
+                ErrorCode.RATE_LIMITED, ErrorCode.MODEL_UNAVAILABLE),
+        links={
+            "lesson": {"operationId": "get_get_lesson",
+                       "parameters": {"lesson_id": "$response.body#/lesson_id"}},
+            "stream": {"operationId": "get_stream_lesson",
+                       "parameters": {"lesson_id": "$response.body#/lesson_id"}},
+            "abandon": {"operationId": "post_abandon_lesson",
+                        "parameters": {"lesson_id": "$response.body#/lesson_id"}},
+        },
+    )
+)  # fmt: skip
+async def create_plan(request: Request) -> Response:
+    cmd = CreatePlan(await caller(request), await body(request))
+    return answer(request, await lessons.create_plan(cmd, deps(request)))
+
+
+@api(
+    Spec(
+        "The lesson folded from its log: status, plan, beats",
+        response=schemas.LESSON_ANSWER,
+        errors=(ErrorCode.NOT_FOUND,),
+    )
+)
+async def get_lesson(request: Request) -> Response:
+    cmd = ReadLesson(await caller(request), request.path_params["lesson_id"])
+    return answer(request, await lessons.read_lesson(cmd, deps(request)))
+
+
+@api(
+    Spec(
+        "Abandon the lesson: generation stops, streams end with a final error",
+        response=schemas.ABANDON_ANSWER,
+        errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
+    )
+)
+async def abandon_lesson(request: Request) -> Response:
+    cmd = AbandonLesson(await caller(request), request.path_params["lesson_id"])
+    return answer(request, await lessons.abandon_lesson(cmd, deps(request)))
+
+
+@api(
+    Spec(
+        "The lesson's log as Server-Sent Events (contracts §4)",
+        response=schemas.STREAM,
+        media_type="text/event-stream",
+        other_statuses=(204,),
+        headers={"Last-Event-ID": {"type": "string", "pattern": "^[0-9A-Za-z]+-evt-[0-9]+$"}},
+        query={"last_event_id": {"type": "string"}},
+        errors=(ErrorCode.NOT_FOUND, ErrorCode.OVER_QUOTA),
+        description="204 when the lesson is over and the cursor is at its end.",
+    )
+)
+async def stream_lesson(request: Request) -> Response:
+    header = request.headers.get("last-event-id")
+    cmd = OpenStream(
+        await caller(request),
+        request.path_params["lesson_id"],
+        header if header is not None else request.query_params.get("last_event_id"),
+        "Last-Event-ID" if header is not None else "last_event_id",
+    )
+    opened = await lessons.open_stream(cmd, deps(request))
+    if isinstance(opened, lessons.StreamFinished):
+        return Response(status_code=204)  # nothing more, ever: EventSource stops here
+    return LessonStream(opened.subscription, opened.view, deps(request).settings)
+
+
+routes = [
+    Route("/v1/plan", create_plan, methods=["POST"]),
+    Route("/v1/lesson/{lesson_id}", get_lesson, methods=["GET"]),
+    Route("/v1/lesson/{lesson_id}/stream", stream_lesson, methods=["GET"]),
+    Route("/v1/lesson/{lesson_id}/abandon", abandon_lesson, methods=["POST"]),
+]
