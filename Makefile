@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	OMNITUTOR_DEV_HTTP=$${OMNITUTOR_DEV_HTTP:-1} $(BIN)/omnitutor serve
 
-# The ops tests drive nginx, shellcheck and systemd-analyze; install them if missing.
+# The tests drive nginx, shellcheck, systemd-analyze and chromium; install them if missing.
 tools:
 	ops/test-tools.sh
 

@@ -27,6 +27,44 @@ def _rename_event_to_msg(
     return event_dict
 
 
+# The contract's log dictionary (§9), in its order: every JSON line carries every key,
+# null when it does not apply, so a query never has to ask whether a field exists.
+CONTRACT_FIELDS = (
+    "ts",
+    "level",
+    "msg",
+    "trace_id",
+    "session_id",
+    "user_id",
+    "lesson_id",
+    "beat_id",
+    "path",
+    "status",
+    "latency_ms",
+    "model",
+    "cost_usd",
+    "cache",
+)
+# §9 spells levels debug | info | warn | error; the logging module has more names.
+_CONTRACT_LEVEL = {"warning": "warn", "critical": "error", "exception": "error", "fatal": "error"}
+
+
+def contract_fields(
+    _logger: object, _name: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """§9's keys first and always present (null when absent), levels in §9's words.
+
+    Runs after the event has been renamed to `msg`; other keys follow in their own order.
+    """
+    if "event" in event_dict and "msg" not in event_dict:
+        event_dict["msg"] = event_dict.pop("event")
+    level = str(event_dict.get("level") or "info").lower()
+    event_dict["level"] = _CONTRACT_LEVEL.get(level, level)
+    ordered = {key: event_dict.pop(key, None) for key in CONTRACT_FIELDS}
+    ordered.update(event_dict)
+    return ordered
+
+
 class _CurrentStderr:
     """Writes to whatever sys.stderr is now, not the object it was at configuration time."""
 
@@ -56,7 +94,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     renderer: structlog.types.Processor
     if as_json:
         renderer = structlog.processors.JSONRenderer()
-        shared.append(_rename_event_to_msg)
+        shared.extend([_rename_event_to_msg, contract_fields])
     else:
         renderer = structlog.dev.ConsoleRenderer()
     structlog.configure(

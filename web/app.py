@@ -22,16 +22,18 @@ from starlette.routing import Route
 
 from commands.bootstrap import open_deps
 from commands.errors import CommandError, ErrorCode
+from commands.model_log import log_model_calls
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import accounts, api_schemas, health, openapi, routes, sessions
+from web import accounts, api_schemas, health, metrics, openapi, page, routes, sessions
 from web.error_events import ErrorEvents
 from web.errors import ApiError, error_response, store_failure
 from web.idempotency import IdempotencyMiddleware
+from web.metrics import HttpMetrics, Metrics
 from web.middleware import RequestContext, RequestGuard, StreamLimit
 from web.openapi import Spec, api
 
@@ -39,10 +41,14 @@ log = structlog.get_logger("omnitutor.http")
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
+    app_metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_pool(database_url, max_size=settings.pool_max, name="omnitutor") as pool:
             store = EventStore(pool)
+            store.on_append(app_metrics.count_appended)
+            store.on_append(log_model_calls)
             hub = Hub(store, database_url)
             projections = ProjectionRunner(pool, poll_s=settings.projections_poll_s)
 
@@ -53,6 +59,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             sequencer = Sequencer(store, on_sequenced=log_moved)
             async with open_deps(settings, pool, store, hub) as deps:
                 app.state.deps = deps
+                app_metrics.watch_generations(lambda: len(deps.supervisor.workers))
                 tasks = [
                     asyncio.create_task(sequencer.run(), name="sequencer"),
                     asyncio.create_task(hub.run(), name="hub"),
@@ -123,8 +130,12 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             *routes.routes,
             *accounts.routes,
             Route("/v1/openapi.json", openapi_json, methods=["GET"]),
+            *metrics.routes,
+            *page.routes,
         ],
         middleware=[
+            # Outermost, so that it sees the status of every answer, the 500s included.
+            Middleware(HttpMetrics, metrics=app_metrics),
             Middleware(RequestContext),
             Middleware(ErrorEvents, per_second=settings.error_events_per_s),
             Middleware(RequestGuard, allowed_origins=settings.allowed_origins),
@@ -146,4 +157,5 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
     # No redirects: Starlette would answer `/v1/plan/` with a 307 whose Location is built from
     # the Host header; an unknown path is the 404 envelope like any other.
     app.router.redirect_slashes = False
+    app.state.metrics = app_metrics
     return app
