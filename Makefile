@@ -19,12 +19,17 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	OMNITUTOR_DEV_HTTP=$${OMNITUTOR_DEV_HTTP:-1} $(BIN)/omnitutor serve
 
-# The ops tests drive nginx, shellcheck and systemd-analyze; install them if missing.
+# The tests drive nginx, shellcheck, systemd-analyze and chromium; install them if missing.
 tools:
 	ops/test-tools.sh
 
 test: venv tools
 	$(BIN)/python -m pytest
+
+# Hostile input over every route (tests/test_fuzz.py), many more generated cases than the
+# suite runs: no 5xx, the envelope on every refusal. FUZZ_EXAMPLES sets how many per test.
+fuzz: venv
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/test_fuzz.py -q
 
 lint: venv
 	$(BIN)/ruff check .
@@ -44,6 +49,7 @@ bench: venv
 	$(BIN)/omnitutor bench projections
 	$(BIN)/omnitutor bench lessons
 	$(BIN)/omnitutor bench load
+	$(BIN)/omnitutor bench events
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from commands.generation import GenerationConfig, Supervisor, tier_models
+from commands.mailer import Mailer, open_mailer
 from commands.providers import Provider, ProviderConfig, Tier, make_provider
 from commands.ratelimit import RateLimits
 from eventstore.database import Pool
@@ -29,6 +30,7 @@ class Deps:
     provider: Provider
     supervisor: Supervisor
     limits: RateLimits
+    mailer: Mailer  # sign-in mail: SES, or the local outbox (commands/mailer.py)
 
 
 def provider_config(settings: Settings) -> ProviderConfig:
@@ -69,6 +71,8 @@ def rate_limits(settings: Settings) -> RateLimits:
         ask_anon=settings.limit_ask_anon_per_hour,
         plan_user=settings.limit_plan_user_per_hour,
         ask_user=settings.limit_ask_user_per_hour,
+        magic_link_ip=settings.limit_magic_link_ip_per_hour,
+        magic_link_email=settings.limit_magic_link_email_per_hour,
     )
 
 
@@ -80,7 +84,16 @@ async def open_deps(
     provider = open_provider(settings)
     supervisor = Supervisor(pool, store, provider, generation_config(settings))
     try:
-        yield Deps(settings, pool, store, hub, provider, supervisor, rate_limits(settings))
+        yield Deps(
+            settings,
+            pool,
+            store,
+            hub,
+            provider,
+            supervisor,
+            rate_limits(settings),
+            open_mailer(settings),
+        )
     finally:
         await supervisor.aclose()
         await provider.aclose()

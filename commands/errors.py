@@ -20,10 +20,12 @@ class ErrorCode(StrEnum):
     REFUSED = "refused"  # moderation blocked input or output
     CONFLICT = "conflict"  # idempotency key reused or still running; stale write
     INTERNAL = "internal"  # unexpected
+    SERVICE_UNAVAILABLE = "service_unavailable"  # the database is unreachable (Retry-After)
     # Transport-level refusals, answered before any command runs (web/).
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    FORBIDDEN_ORIGIN = "forbidden_origin"  # a state-changing request from a foreign Origin
 
 
 def error_body(
@@ -107,3 +109,8 @@ class ModelUnavailable(CommandError):
 
 class Internal(CommandError):
     code = ErrorCode.INTERNAL
+
+
+class ServiceUnavailable(CommandError):
+    code = ErrorCode.SERVICE_UNAVAILABLE
+    recoverable = True

@@ -234,6 +234,7 @@ class LessonWorker:
         stream_model = self.config.model(Tier.STREAMING)
         key = beat_cache_key(state.plan, ord, state.level, stream_model)
         beat_id = state.beat(ord).beat_id or new_id()
+        structlog.contextvars.bind_contextvars(beat_id=beat_id)  # this worker task's lines
         cached = await cache_get(self.pool, key)
         if cached is not None:
             await self.commit(lambda s: decide_start_beat(s, ord, beat_id, cached[0], revision))

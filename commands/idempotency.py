@@ -9,14 +9,23 @@ A key, per user, lives 24 h and is in one of two states:
 
 * ``in_flight``: claimed, work running. A repeat gets :class:`Conflict` with
   ``recoverable=True`` and ``retry_after_ms``: retry shortly and you will get the answer.
-  The claim carries a lease; if its process dies, a repeat of the *same* request may take the
-  key over once the lease has run out (a claim is never taken over while its lease runs).
+  The claim carries a short lease (IN_FLIGHT_LEASE) that its owner renews while the work
+  runs (`renew`); if its process dies, a repeat of the *same* request takes the key over
+  within seconds, once the lease has run out (never while it runs).
 * ``done``: the status and body are stored. A repeat with the same request gets them back
   byte for byte; a different request gets :class:`Conflict` with ``recoverable=False``.
 
 Work that fails with a server error, or with a recoverable refusal (over quota, model
 throttled), *releases* the claim, so a retry with the same key runs again rather than
-replaying a failure that has since gone away.
+replaying a failure that has since gone away; so does a request refused before any work ran
+(validation, routing, authentication): its key is not spent.
+
+Across a crash: work whose effect is an append completes the claim *in the append's own
+transaction* (`complete_in`, passed to `EventStore.append` as its `in_transaction` hook).
+Either both commit or neither does, so a retry after a crash at any point finds the stored
+answer or nothing done. The completion checks the claim token, so if the lease was lost
+(the process stalled and another request took the key over) the append rolls back with
+:class:`ClaimLost` and the work is never done twice.
 
 Scoping: the contract keeps ``idempotency_keys.key`` as the primary key, so the stored key is
 namespaced ``"<user_id>:<client key>"`` (the ``user_id`` column is filled too). That keeps
@@ -35,8 +44,10 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
+from psycopg import AsyncConnection
 
 from commands.errors import Conflict, Internal, InvalidInput
 from eventstore.database import Pool
@@ -47,10 +58,10 @@ _Q = load_queries(Path(__file__).parent / "sql" / "idempotency.sql")
 
 HEADER = "Idempotency-Key"
 KEY_TTL = timedelta(hours=24)
-# Longer than any request may run (plan generation included): a claim is only taken over
-# after this, so a slow request is never run twice, and a dead one blocks its key at most
-# this long.
-IN_FLIGHT_LEASE = timedelta(minutes=5)
+# A dead process's keys are free again this long after its last renewal; a live one renews
+# every LEASE_RENEW_S, so a slow request keeps its key however long it runs.
+IN_FLIGHT_LEASE = timedelta(seconds=5)
+LEASE_RENEW_S = 1.5
 IN_FLIGHT_RETRY_MS = 1000
 MAX_KEY_CHARS = 255
 _CLAIM_ATTEMPTS = 5
@@ -63,6 +74,19 @@ class StoredResponse:
     status_code: int
     body: bytes
     media_type: str
+
+
+class ClaimLost(Conflict):
+    """The claim's lease ran out and another request took the key over: do not commit."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"The request with {HEADER} {key!r} took too long and was taken over by a retry; "
+            "retry shortly for its answer.",
+            recoverable=True,
+            retry_after_ms=IN_FLIGHT_RETRY_MS,
+            details={"header": HEADER},
+        )
 
 
 @dataclass(frozen=True)
@@ -85,14 +109,14 @@ def validate_key(raw: str | None) -> str:
 
 
 def canonical_body(raw: bytes) -> bytes:
-    """JSON bodies re-encoded with sorted keys; anything else (empty, not JSON) as is."""
+    """JSON bodies re-encoded with sorted keys; anything else as is (empty, not JSON, or
+    nested deeper than orjson re-encodes: the route refuses those, and the key with them)."""
     if not raw.strip():
         return b""
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        return orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return raw
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def request_hash(route: str, raw_body: bytes) -> str:
@@ -158,25 +182,44 @@ async def claim(
     raise Internal("The idempotency key kept changing hands; try again.", recoverable=True)
 
 
-async def complete(pool: Pool, claim: Claim, response: StoredResponse) -> bool:
-    """Store the answer under the claim; False if the claim was no longer ours."""
+def _complete_params(claim: Claim, response: StoredResponse) -> dict[str, object]:
     try:
         response_json: str | None = orjson.dumps(orjson.loads(response.body)).decode()
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         response_json = None
+    return {
+        "key": claim.key,
+        "token": claim.token,
+        "status_code": response.status_code,
+        "response_json": response_json,
+        "response_body": response.body,
+        "media_type": response.media_type,
+    }
+
+
+async def complete(pool: Pool, claim: Claim, response: StoredResponse) -> bool:
+    """Store the answer under the claim; False if the claim was no longer ours (or is
+    already complete: work that completed it in its own transaction)."""
     with translate_errors():
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                _Q["complete"],
-                {
-                    "key": claim.key,
-                    "token": claim.token,
-                    "status_code": response.status_code,
-                    "response_json": response_json,
-                    "response_body": response.body,
-                    "media_type": response.media_type,
-                },
-            )
+            cur = await conn.execute(_Q["complete"], _complete_params(claim, response))
+            return await cur.fetchone() is not None
+
+
+async def complete_in(conn: AsyncConnection[Any], claim: Claim, response: StoredResponse) -> None:
+    """Store the answer inside the caller's transaction (the one appending the work's
+    events); raises ClaimLost, which rolls that transaction back, if the claim is gone."""
+    cur = await conn.execute(_Q["complete"], _complete_params(claim, response))
+    if await cur.fetchone() is None:
+        raise ClaimLost(claim.key.split(":", 1)[1])
+
+
+async def renew(pool: Pool, claim: Claim, lease: timedelta = IN_FLIGHT_LEASE) -> bool:
+    """Extend the claim's lease; False once it is no longer an in-flight claim of ours."""
+    with translate_errors():
+        async with pool.connection() as conn:
+            params = {"key": claim.key, "token": claim.token, "lease": lease}
+            cur = await conn.execute(_Q["renew"], params)
             return await cur.fetchone() is not None
 
 

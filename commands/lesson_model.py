@@ -47,6 +47,8 @@ from eventstore.events import (
     LessonCompleted,
     LessonCreated,
     LessonDeleted,
+    LessonErased,
+    LessonTransferred,
     ModelRunRecorded,
     PlanLocked,
     PlanRevised,
@@ -283,8 +285,10 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
             )
         case LessonAbandoned():
             return replace(s, status=ABANDONED, ended_at=ts, ended_seq=seq)
-        case LessonDeleted():
+        case LessonDeleted() | LessonErased():
             return replace(s, deleted=True)
+        case LessonTransferred():
+            return replace(s, user_id=event.to_user_id)
         case ErrorRaised():
             return replace(s, failed_seq=seq)
         case InteractionRecorded():

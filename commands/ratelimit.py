@@ -42,11 +42,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class Bucket(StrEnum):
     PLAN = "plan"
     ASK = "ask"
+    MAGIC_LINK = "magic_link"  # sign-in mail, limited per client IP and per email
 
 
 class Scope(StrEnum):
     IP = "ip"
     USER = "user"
+    EMAIL = "email"  # keyed by the address's sha256: no email is stored in rate_buckets
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,13 @@ class RateLimits:
     ask_anon: int = 60
     plan_user: int = 30
     ask_user: int = 300
+    magic_link_ip: int = 10
+    magic_link_email: int = 5
     window: timedelta = WINDOW
 
     def limit(self, scope: Scope, bucket: Bucket) -> int:
+        if bucket is Bucket.MAGIC_LINK:
+            return self.magic_link_email if scope is Scope.EMAIL else self.magic_link_ip
         if scope is Scope.IP:
             return self.plan_anon if bucket is Bucket.PLAN else self.ask_anon
         return self.plan_user if bucket is Bucket.PLAN else self.ask_user

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -13,13 +14,15 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from commands.errors import Unauthorized
+from commands.errors import InvalidInput, Unauthorized
 from eventstore.errors import translate_errors
 from eventstore.ids import new_id
 from eventstore.queries import load_queries
 
 _Q = load_queries(Path(__file__).parent / "sql" / "sessions.sql")
 TOKEN_BYTES = 32
+CLIENT_META_MAX_DEPTH = 8
+CLIENT_META_MAX_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,34 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def client_meta_json(client_meta: dict[str, Any]) -> str:
+    """`client_meta` as the jsonb text to store, or InvalidInput naming the field.
+
+    Checked before encoding: orjson cannot re-encode more than 254 levels and jsonb refuses
+    NUL in any key or string, and either would otherwise surface as a 500.
+    """
+    todo: list[tuple[object, str, int]] = [(client_meta, "client_meta", 1)]
+    while todo:
+        item, where, depth = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidInput(where, "must not contain NUL (U+0000)")
+        elif isinstance(item, dict | list):
+            if depth > CLIENT_META_MAX_DEPTH:
+                raise InvalidInput(where, f"is nested deeper than {CLIENT_META_MAX_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if "\x00" in key:
+                        raise InvalidInput(where, "a key must not contain NUL (U+0000)")
+                    todo.append((child, f"{where}.{key}", depth + 1))
+            else:
+                todo.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
+    encoded = orjson.dumps(client_meta).decode()
+    if len(encoded) > CLIENT_META_MAX_BYTES:
+        raise InvalidInput("client_meta", f"must encode to at most {CLIENT_META_MAX_BYTES} bytes")
+    return encoded
+
+
 async def open_session(
     pool: AsyncConnectionPool[AsyncConnection[Any]],
     token: str | None,
@@ -50,6 +81,10 @@ async def open_session(
     days: int,
 ) -> SessionGrant:
     """Refresh the session behind `token`, or create an anonymous user and session."""
+    meta_json = client_meta_json(client_meta)
+    if token:
+        with contextlib.suppress(Unauthorized):  # an ended visit gives way to a new one
+            await authenticate(pool, token, days=days)
     with translate_errors():
         async with pool.connection() as conn:
             if token:
@@ -69,7 +104,7 @@ async def open_session(
                     "user_id": new_id(),
                     "anon_id": new_id(),
                     "session_id": new_id(),
-                    "client_meta": orjson.dumps(client_meta).decode(),
+                    "client_meta": meta_json,
                     "token_hash": hash_token(new_token),
                     "days": days,
                 },
@@ -81,14 +116,52 @@ async def open_session(
 
 
 async def authenticate(
-    pool: AsyncConnectionPool[AsyncConnection[Any]], token: str | None
+    pool: AsyncConnectionPool[AsyncConnection[Any]],
+    token: str | None,
+    *,
+    days: int = 30,
+    idle_min: int = 30,
 ) -> Principal:
+    """The session behind `token`, its expiry slid; a visit that ended gives way to a new one
+    of the same user (the cookie stays valid: a session row is one visit, the token the
+    student's way back to their work)."""
     if not token:
         raise Unauthorized("No session. POST /v1/session first.")
+    params = {"token_hash": hash_token(token), "days": days, "idle_min": idle_min}
     with translate_errors():
         async with pool.connection() as conn:
-            cur = await conn.execute(_Q["authenticate"], {"token_hash": hash_token(token)})
-            row = await cur.fetchone()
-    if row is None:
-        raise Unauthorized("Your session has expired. Refresh it and try again.")
-    return Principal(row[0], row[1], row[2])
+            for _ in range(2):
+                row = await (await conn.execute(_Q["authenticate"], params)).fetchone()
+                if row is None:
+                    break
+                user_id, session_id, signed_in, ended = row
+                if not ended:
+                    return Principal(user_id, session_id, signed_in)
+                moved = await (
+                    await conn.execute(
+                        _Q["continue_session"],
+                        {**params, "session_id": session_id, "new_session_id": new_id()},
+                    )
+                ).fetchone()
+                if moved is not None:
+                    return Principal(user_id, moved[0], signed_in)
+    raise Unauthorized("Your session has expired. Refresh it and try again.")
+
+
+async def end_visit(pool: AsyncConnectionPool[AsyncConnection[Any]], session_id: str) -> None:
+    """The browser said goodbye (a lesson.abandon / tab-close beacon)."""
+    with translate_errors():
+        async with pool.connection() as conn:
+            await conn.execute(_Q["end_visit"], {"session_id": session_id})
+
+
+async def end_idle_sessions(
+    pool: AsyncConnectionPool[AsyncConnection[Any]], idle_min: int, batch: int = 5000
+) -> int:
+    """Give sessions idle longer than `idle_min` their ended_at; one batch, returns how many."""
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                _Q["end_idle_sessions"], {"idle_min": idle_min, "limit": batch}
+            )
+            return cur.rowcount

@@ -7,6 +7,7 @@ fresh machine needs nothing installed. The embedded server listens on a Unix soc
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -19,7 +20,8 @@ import psycopg.types.json
 import structlog
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import make_conninfo
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
 if TYPE_CHECKING:
     from pgserver.postgres_server import PostgresServer
@@ -70,12 +72,78 @@ async def configure_connection(conn: AsyncConnection[Any]) -> None:
     psycopg.types.json.set_json_loads(orjson.loads, conn)
 
 
+# While the database is unreachable a request waits this long for a connection, then fails
+# (DatabaseUnavailable, a 503 with Retry-After), instead of the pool's usual 30 s.
+OUTAGE_WAIT_S = 0.5
+# Reconnection attempts while the database is down: psycopg_pool doubles its delay from 1 s
+# without bound (an 8 s outage took 6 s more to notice the database was back); ours are
+# capped so the pool is whole again within this long after the database returns.
+RECONNECT_MAX_DELAY_S = 0.5
+
+
+class _PromptReconnect(AttemptWithBackoff):
+    INITIAL_DELAY = 0.1
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_MAX_DELAY_S)
+
+
+class ResilientPool(AsyncConnectionPool[AsyncConnection[Any]]):
+    """psycopg's pool, failing fast during an outage and reconnecting promptly after it.
+
+    Every connection is checked as it leaves the pool (one empty round trip), so connections
+    broken by a database restart are replaced instead of failing a request each. A request
+    waits for a connection in slices of OUTAGE_WAIT_S: after a slice it gives up if the
+    database is unreachable (the last connection attempt failed, or a connection broke),
+    and otherwise (a busy pool) waits on, up to the usual timeout.
+    """
+
+    unreachable = False
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:  # noqa: ASYNC109  # psycopg_pool's signature
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                conn = await super().getconn(max(0.0, min(remaining, OUTAGE_WAIT_S)))
+            except PoolTimeout:
+                if self.unreachable or remaining <= OUTAGE_WAIT_S:
+                    raise
+                continue
+            self.unreachable = False
+            return conn
+
+    async def putconn(self, conn: AsyncConnection[Any]) -> None:
+        if conn.broken:
+            self.unreachable = True
+        await super().putconn(conn)
+
+    async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:  # noqa: ASYNC109  # psycopg_pool's signature
+        # Private in psycopg_pool (3.1-3.3): every new connection, for growth or reconnection.
+        try:
+            conn = await super()._connect(timeout)
+        except psycopg.OperationalError:
+            self.unreachable = True
+            raise
+        self.unreachable = False
+        return conn
+
+    async def _add_connection(
+        self, attempt: AttemptWithBackoff | None, growing: bool = False
+    ) -> None:
+        # Private in psycopg_pool (3.1-3.3): the one place its reconnection backoff is made.
+        await super()._add_connection(
+            attempt or _PromptReconnect(timeout=self.reconnect_timeout), growing
+        )
+
+
 @asynccontextmanager
 async def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 4, name: str | None = None
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
     """The one way to get a connection pool: durable commits, orjson, closed on exit."""
-    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+    pool = ResilientPool(
         url,
         min_size=min_size,
         max_size=max_size,
@@ -83,6 +151,7 @@ async def open_pool(
         configure=configure_connection,
         kwargs=CONNECTION_OPTIONS,
         name=name,
+        check=ResilientPool.check_connection,
     )
     await pool.open(wait=True, timeout=30)
     try:

@@ -64,6 +64,17 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma- or space-separated origins ("https://app.example, http://localhost:5173")."""
+    origins: list[str] = []
+    for item in (env.get(name) or "").replace(",", " ").split():
+        scheme, sep, host = item.lower().rstrip("/").partition("://")
+        if not sep or scheme not in {"http", "https"} or not host or "/" in host:
+            raise SystemExit(f"{name}: {item!r} is not an origin like https://app.example")
+        origins.append(f"{scheme}://{host}")
+    return tuple(origins)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None  # DATABASE_URL; None → embedded PostgreSQL 16
@@ -83,6 +94,11 @@ class Settings:
     limit_plan_user_per_hour: int = 30  # OMNITUTOR_LIMIT_PLAN_USER_PER_HOUR
     limit_ask_user_per_hour: int = 300  # OMNITUTOR_LIMIT_ASK_USER_PER_HOUR
     trusted_proxies: tuple[IPNetwork, ...] = ()  # OMNITUTOR_TRUSTED_PROXIES
+    # Origins besides the service's own allowed to send state-changing requests (CORS-free
+    # cross-site writes are refused otherwise).
+    allowed_origins: tuple[str, ...] = ()  # OMNITUTOR_ALLOWED_ORIGINS
+    sse_max_per_session: int = 10  # OMNITUTOR_SSE_MAX_PER_SESSION: open streams per session
+    sse_max_per_client: int = 100  # OMNITUTOR_SSE_MAX_PER_CLIENT: open streams per client IP
     daily_cap_usd: Decimal = Decimal(50)  # OMNITUTOR_DAILY_CAP_USD
     over_quota_forced: bool = False  # OT_OVER_QUOTA=1: refuse new generations from start-up
     # Lessons (docs/lessons.md): the model provider, generation and the SSE stream.
@@ -104,6 +120,21 @@ class Settings:
     sse_retry_ms: int = 1000  # OMNITUTOR_SSE_RETRY_MS: the stream's `retry:` field
     # Projections (docs/projections.md).
     projections_poll_s: float = 0.5  # OMNITUTOR_PROJECTIONS_POLL_S: runner's fallback poll
+    # Accounts and personal data (docs/accounts.md, docs/privacy.md).
+    public_url: str = "http://127.0.0.1:8790"  # OMNITUTOR_PUBLIC_URL: links in mail start so
+    mail_from: str | None = None  # OMNITUTOR_MAIL_FROM: SES sender; unset → local outbox
+    mail_region: str | None = None  # OMNITUTOR_MAIL_REGION (or AWS_REGION): SES region
+    magic_link_ttl_min: int = 15  # OMNITUTOR_MAGIC_LINK_TTL_MIN
+    limit_magic_link_ip_per_hour: int = 10  # OMNITUTOR_LIMIT_MAGIC_LINK_IP_PER_HOUR
+    limit_magic_link_email_per_hour: int = 5  # OMNITUTOR_LIMIT_MAGIC_LINK_EMAIL_PER_HOUR
+    session_idle_min: int = 30  # OMNITUTOR_SESSION_IDLE_MIN: a quiet session is ended
+    purge_after_days: int = 30  # OMNITUTOR_PURGE_AFTER_DAYS: hard delete this long after
+    error_events_per_s: int = 50  # OMNITUTOR_ERROR_EVENTS_PER_S: `error` events per process
+
+    @property
+    def mail_via_ses(self) -> bool:
+        """Mail goes through Amazon SES when a sender and a region are configured."""
+        return bool(self.mail_from and self.mail_region)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -134,6 +165,9 @@ class Settings:
                 e, "OMNITUTOR_LIMIT_ASK_USER_PER_HOUR", d.limit_ask_user_per_hour
             ),
             trusted_proxies=_networks(e, "OMNITUTOR_TRUSTED_PROXIES"),
+            allowed_origins=_origins(e, "OMNITUTOR_ALLOWED_ORIGINS"),
+            sse_max_per_session=_int(e, "OMNITUTOR_SSE_MAX_PER_SESSION", d.sse_max_per_session),
+            sse_max_per_client=_int(e, "OMNITUTOR_SSE_MAX_PER_CLIENT", d.sse_max_per_client),
             daily_cap_usd=_decimal(e, "OMNITUTOR_DAILY_CAP_USD", d.daily_cap_usd),
             over_quota_forced=_flag(e.get("OT_OVER_QUOTA")),
             provider=_provider(e),
@@ -151,6 +185,24 @@ class Settings:
             sse_send_timeout_s=_float(e, "OMNITUTOR_SSE_SEND_TIMEOUT_S", d.sse_send_timeout_s),
             sse_retry_ms=_int(e, "OMNITUTOR_SSE_RETRY_MS", d.sse_retry_ms),
             projections_poll_s=_float(e, "OMNITUTOR_PROJECTIONS_POLL_S", d.projections_poll_s),
+            public_url=(e.get("OMNITUTOR_PUBLIC_URL") or d.public_url).rstrip("/"),
+            mail_from=e.get("OMNITUTOR_MAIL_FROM") or d.mail_from,
+            mail_region=(
+                e.get("OMNITUTOR_MAIL_REGION")
+                or e.get("AWS_REGION")
+                or e.get("AWS_DEFAULT_REGION")
+                or d.mail_region
+            ),
+            magic_link_ttl_min=_int(e, "OMNITUTOR_MAGIC_LINK_TTL_MIN", d.magic_link_ttl_min),
+            limit_magic_link_ip_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_MAGIC_LINK_IP_PER_HOUR", d.limit_magic_link_ip_per_hour
+            ),
+            limit_magic_link_email_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_MAGIC_LINK_EMAIL_PER_HOUR", d.limit_magic_link_email_per_hour
+            ),
+            session_idle_min=_int(e, "OMNITUTOR_SESSION_IDLE_MIN", d.session_idle_min),
+            purge_after_days=_int(e, "OMNITUTOR_PURGE_AFTER_DAYS", d.purge_after_days),
+            error_events_per_s=_int(e, "OMNITUTOR_ERROR_EVENTS_PER_S", d.error_events_per_s),
         )
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -44,6 +44,7 @@ from psycopg import AsyncConnection
 from psycopg.types.numeric import Int8BinaryLoader
 from psycopg_pool import AsyncConnectionPool
 
+from eventstore import personal
 from eventstore.errors import (
     DuplicateEventId,
     StoreError,
@@ -180,6 +181,21 @@ class StoredEvent:
     def domain(self) -> DomainEvent:
         return from_payload(self.type, self.type_version, self.payload)
 
+    def with_payload(self, payload: dict[str, Any]) -> StoredEvent:
+        """The same event with another payload (its personal fields merged back in)."""
+        return StoredEvent(
+            self.id,
+            self.position,
+            self.lesson_id,
+            self.lesson_seq,
+            self.session_id,
+            self.type,
+            self.type_version,
+            payload,
+            self._metadata,
+            self._ts,
+        )
+
     def _fields(self) -> tuple[Any, ...]:
         return (
             self.id,
@@ -219,10 +235,13 @@ async def _fetch_events(
     cur = conn.cursor(binary=True)
     cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
     await cur.execute(query, params)
-    return list(starmap(StoredEvent, await cur.fetchall()))
+    return await personal.restore(conn, list(starmap(StoredEvent, await cur.fetchall())))
 
 
 AppendListener = Callable[[Sequence[StoredEvent]], None]
+# Extra work committed atomically with an append (an idempotency key's answer): it runs on
+# the append's connection inside its transaction; raising rolls the append back.
+InTransaction = Callable[[AsyncConnection[Any]], Awaitable[None]]
 
 
 # Reads on a connection the caller holds (its transaction, its snapshot): the projections
@@ -247,7 +266,7 @@ async def read_types_page(
     cur = await conn.execute(_Q["read_types_page"], params)
     # Decoded columns (jsonb, timestamptz): projections touch every payload, so decoding
     # lazily would save them nothing.
-    return list(starmap(StoredEvent, await cur.fetchall()))
+    return await personal.restore(conn, list(starmap(StoredEvent, await cur.fetchall())))
 
 
 async def model_spend_since(conn: AsyncConnection[Any], since: datetime) -> Decimal:
@@ -268,27 +287,38 @@ class EventStore:
         self._listeners.append(listener)
 
     async def append(
-        self, lesson_id: str, events: Sequence[NewEvent], expected_seq: int
+        self,
+        lesson_id: str,
+        events: Sequence[NewEvent],
+        expected_seq: int,
+        in_transaction: InTransaction | None = None,
     ) -> list[StoredEvent]:
         """Append a batch to a lesson at expected_seq+1…, atomically; idempotent by event id.
 
         Raises WrongExpectedSeq (naming the current seq) if another writer got there first,
         and DuplicateEventId if an id is already stored with different content.
+        `in_transaction`, if given, runs after the INSERT in the same transaction (one more
+        round trip), so its writes commit with the events or not at all.
         """
         if not events:
             return []
-        payloads = [orjson.dumps(e.payload).decode() for e in events]
+        # Personal fields go to the vault (eventstore/personal.py), in the append's commit.
+        sealed = personal.seal(events, [lesson_id] * len(events), [e.meta.user_id for e in events])
+        payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
         metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
         shared = None
-        if len(events) == 1:
+        if len(events) == 1 and not sealed.rows and in_transaction is None:
             shared = await self._shared.append(
                 _Waiting(lesson_id, events[0], expected_seq, payloads[0], metadata[0])
             )
         if shared:
             stored = shared
         else:
-            stored = await self._append_alone(lesson_id, events, expected_seq, payloads, metadata)
+            stored = await self._append_alone(
+                lesson_id, events, expected_seq, payloads, metadata, sealed, in_transaction
+            )
         if stored:
+            stored = personal.reveal(stored, sealed.personal)
             self._committed(stored)
             return stored
         # A unique key was taken, or expected_seq runs ahead of the log: either this very
@@ -302,18 +332,28 @@ class EventStore:
         expected_seq: int,
         payloads: Sequence[str],
         metadata: Sequence[str],
+        sealed: personal.Sealed,
+        in_transaction: InTransaction | None = None,
     ) -> list[StoredEvent]:
-        """The batch in a statement of its own: its events, or [] if a unique key was taken
-        or expected_seq runs ahead of the log."""
+        """The batch in a statement of its own, with its vault rows and `in_transaction` in
+        one commit: its events, or [] if a unique key was taken or expected_seq runs ahead
+        of the log (then `in_transaction` does not run)."""
         query, params = _append_statement(lesson_id, events, expected_seq, payloads, metadata)
+        atomic = bool(sealed.rows) or in_transaction is not None
         try:
             with translate_errors():
-                async with self._connection() as conn:
+                async with (
+                    self._connection() as conn,
+                    conn.transaction() if atomic else contextlib.nullcontext(),
+                ):
+                    await personal.keep(conn, sealed.rows)
                     cur = await conn.execute(query, params)
                     rows = await cur.fetchall()
+                    if rows and in_transaction is not None:
+                        await in_transaction(conn)
         except UniqueKeyTaken:
             return []
-        return _inserted(events, payloads, metadata, lesson_id, rows)
+        return _inserted(events, payloads, metadata, [lesson_id] * len(events), rows)
 
     async def _insert_shared(self, waiting: Sequence[_Waiting]) -> dict[str, StoredEvent]:
         """One INSERT for several callers' single events; the events that landed, by id.
@@ -360,7 +400,7 @@ class EventStore:
                 ).fetchone()
         found = {s.id: s for s in stored}
         if found:
-            _check_same(events, found, lesson_id)
+            _check_same(events, found, [lesson_id] * len(events))
             if len(found) == len(events):
                 return sorted(found.values(), key=_seq)
             raise DuplicateEventId(f"only part of the batch is stored: {sorted(found)}")
@@ -368,31 +408,42 @@ class EventStore:
         raise WrongExpectedSeq(lesson_id, expected_seq, current)
 
     async def append_unordered(
-        self, events: Sequence[NewEvent], lesson_id: str | None = None
+        self,
+        events: Sequence[NewEvent],
+        lesson_id: str | None = None,
+        *,
+        lesson_ids: Sequence[str | None] | None = None,
     ) -> list[StoredEvent]:
-        """Append session-level events (no lesson_seq); idempotent by event id."""
+        """Append session-level events (no lesson_seq); idempotent by event id.
+
+        All name `lesson_id`, or each its own (`lesson_ids`, one per event).
+        """
         if not events:
             return []
-        payloads = [orjson.dumps(e.payload).decode() for e in events]
+        lessons = list(lesson_ids) if lesson_ids is not None else [lesson_id] * len(events)
+        sealed = personal.seal(events, lessons, [e.meta.user_id for e in events])
+        payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
         metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
         params = {
             "ids": [e.id for e in events],
             "session_ids": [e.meta.session_id for e in events],
-            "lesson_ids": [lesson_id for _ in events],
+            "lesson_ids": lessons,
             "types": [e.type for e in events],
             "versions": [e.type_version for e in events],
             "payloads": payloads,
             "metadata": metadata,
         }
         with translate_errors():
-            async with self._connection() as conn:
+            async with self._connection() as conn, personal.kept(conn, sealed):
                 rows = await (await conn.execute(_Q["append_unordered"], params)).fetchall()
-                new = _inserted(events, payloads, metadata, lesson_id, rows)
+                new = personal.reveal(
+                    _inserted(events, payloads, metadata, lessons, rows), sealed.personal
+                )
                 if len(new) < len(events):
                     ids = [e.id for e in events]
                     stored = await _fetch_events(conn, _Q["events_by_id"], {"ids": ids})
                     found = {s.id: s for s in stored}
-                    _check_same(events, found, lesson_id)
+                    _check_same(events, found, lessons)
                     stored = [found[i] for i in ids]
                 else:
                     stored = new
@@ -577,7 +628,7 @@ def _inserted(
     events: Sequence[NewEvent],
     payloads: Sequence[str],
     metadata: Sequence[str],
-    lesson_id: str | None,
+    lesson_ids: Sequence[str | None],
     rows: Sequence[tuple[Any, ...]],
 ) -> list[StoredEvent]:
     """The stored events of an INSERT … RETURNING id, lesson_seq, ts, in the batch's order
@@ -588,7 +639,7 @@ def _inserted(
     """
     returned = {id: (lesson_seq, ts) for id, lesson_seq, ts in rows}
     stored = []
-    for e, payload, meta in zip(events, payloads, metadata, strict=True):
+    for e, payload, meta, lesson_id in zip(events, payloads, metadata, lesson_ids, strict=True):
         if e.id in returned:
             lesson_seq, ts = returned[e.id]
             stored.append(
@@ -619,10 +670,12 @@ def _seq(e: StoredEvent) -> int:
 
 
 def _check_same(
-    events: Sequence[NewEvent], found: Mapping[str, StoredEvent], lesson_id: str | None
+    events: Sequence[NewEvent],
+    found: Mapping[str, StoredEvent],
+    lesson_ids: Sequence[str | None],
 ) -> None:
     """A retried append must carry the same events; anything else reusing an id is an error."""
-    for e in events:
+    for e, lesson_id in zip(events, lesson_ids, strict=True):
         s = found.get(e.id)
         if s is None:
             continue

@@ -34,7 +34,9 @@ from eventstore.migrations import APP_ROLE, MIGRATIONS, grant_app_role, migrate,
 from eventstore.queries import load_queries
 from eventstore.settings import Settings
 from ops import (
+    accounts_cli,
     backup_cli,
+    bench_events,
     bench_eventstore,
     bench_load,
     bench_projections,
@@ -53,6 +55,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from web.app import create_app
+    from web.transport import AbortingH11Protocol
 
     started = time.perf_counter()
     with database_url(settings.database_url, settings.home) as url:
@@ -78,6 +81,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             # The trusted-proxy rule is web/client_ip.py's (OMNITUTOR_TRUSTED_PROXIES); uvicorn's
             # own would believe X-Forwarded-For from 127.0.0.1 before the app sees the peer.
             proxy_headers=False,
+            # uvicorn's own logging set-up would print plain text beside our JSON lines;
+            # without it its records reach the root handler configure_logging installed.
+            log_config=None,
+            # A stream that drops a stalled reader resets its connection (web/transport.py).
+            http=AbortingH11Protocol,
         )
     return 0
 
@@ -198,10 +206,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     lessons_cli.register(sub)
     events_cli.register(sub)
     guardrails_cli.register(sub)
+    accounts_cli.register(sub)
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)
     bench_load.register(lessons_cli.bench_area(sub))
+    bench_events.register(sub)
     return parser
 
 

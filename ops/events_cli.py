@@ -201,6 +201,8 @@ SUMMARIES: dict[type[Any], Summary] = {
     ),
     ev.LessonAbandoned: lambda e: f"abandoned after beat {e.last_beat_ord} ({e.reason})",
     ev.LessonDeleted: lambda e: f"deleted ({e.reason})",
+    ev.LessonTransferred: lambda e: f"moved from {e.from_user_id} to {e.to_user_id} ({e.reason})",
+    ev.LessonErased: lambda e: f"personal data erased ({e.reason})",
     ev.InteractionRecorded: lambda e: (
         f"{e.type}"
         + (f" on beat {e.beat_ord}" if e.beat_ord is not None else "")

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The system tools the ops tests drive (nginx -t, shellcheck, systemd-analyze verify).
+# The system tools the tests drive: nginx -t, shellcheck, systemd-analyze verify, and the
+# chromium that the browser tests run under Playwright (which cannot download its own here).
 # Installs the missing ones from Debian/Ubuntu packages when it can (root, or sudo).
 set -euo pipefail
 
-declare -A package=([nginx]=nginx [shellcheck]=shellcheck [systemd-analyze]=systemd)
+declare -A package=(
+  [nginx]=nginx [shellcheck]=shellcheck [systemd-analyze]=systemd [chromium]=chromium
+)
 missing=()
 for tool in "${!package[@]}"; do
   if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from commands.bootstrap import Deps
 from eventstore.settings import Settings
 from web.app import create_app
+from web.transport import AbortingH11Protocol
 
 
 @contextmanager
@@ -44,6 +45,7 @@ def serve(app: ASGIApp, deadline_s: float = 20.0) -> Iterator[str]:
         log_level="warning",
         lifespan="on",
         proxy_headers=False,  # as `omnitutor serve`: web/client_ip.py decides what to trust
+        http=AbortingH11Protocol,  # as `omnitutor serve`
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)

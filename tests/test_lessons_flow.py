@@ -62,7 +62,7 @@ def test_plan_stream_complete(server: str) -> None:
         result = read_stream(client, lesson_id)
         assert result.status == 200
         assert result.headers["content-type"].startswith("text/event-stream")
-        assert result.headers["cache-control"] == "no-cache"
+        assert result.headers["cache-control"] == "no-store"
         assert result.headers["x-accel-buffering"] == "no"
         events = result.events
         assert events[0].retry is not None

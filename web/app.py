@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import orjson
+import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -20,25 +21,34 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from commands.bootstrap import open_deps
-from commands.errors import CommandError, ErrorCode, Internal
+from commands.errors import CommandError, ErrorCode
+from commands.model_log import log_model_calls
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import api_schemas, health, openapi, routes, sessions
-from web.errors import ApiError, error_response
+from web import accounts, api_schemas, health, metrics, openapi, page, routes, sessions
+from web.error_events import ErrorEvents
+from web.errors import ApiError, error_response, store_failure
 from web.idempotency import IdempotencyMiddleware
-from web.middleware import RequestContext
+from web.metrics import HttpMetrics, Metrics
+from web.middleware import RequestContext, RequestGuard, StreamLimit
 from web.openapi import Spec, api
+
+log = structlog.get_logger("omnitutor.http")
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
+    app_metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_pool(database_url, max_size=settings.pool_max, name="omnitutor") as pool:
             store = EventStore(pool)
+            store.on_append(app_metrics.count_appended)
+            store.on_append(log_model_calls)
             hub = Hub(store, database_url)
             projections = ProjectionRunner(pool, poll_s=settings.projections_poll_s)
 
@@ -49,6 +59,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             sequencer = Sequencer(store, on_sequenced=log_moved)
             async with open_deps(settings, pool, store, hub) as deps:
                 app.state.deps = deps
+                app_metrics.watch_generations(lambda: len(deps.supervisor.workers))
                 tasks = [
                     asyncio.create_task(sequencer.run(), name="sequencer"),
                     asyncio.create_task(hub.run(), name="hub"),
@@ -90,13 +101,13 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         return error_response(exc, trace_id(request))
 
     async def on_store_error(request: Request, exc: Exception) -> Response:
-        recoverable = isinstance(exc, DatabaseUnavailable)
-        return error_response(
-            Internal(
-                "The tutor's memory is unavailable. Try again in a moment.", recoverable=recoverable
-            ),
-            trace_id(request),
-        )
+        assert isinstance(exc, StoreError)
+        if isinstance(exc, DatabaseUnavailable):
+            log.warning("database unavailable", error=str(exc))
+        else:
+            # The 500's cause, with the trace id (bound to this request's log context).
+            log.error("storage error", exc_info=exc)
+        return error_response(store_failure(exc), trace_id(request))
 
     @api(
         Spec(
@@ -112,14 +123,30 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             request.app.state.openapi = orjson.dumps(document)
         return Response(request.app.state.openapi, media_type="application/json")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *health.routes,
             *sessions.routes,
             *routes.routes,
+            *accounts.routes,
             Route("/v1/openapi.json", openapi_json, methods=["GET"]),
+            *metrics.routes,
+            *page.routes,
         ],
-        middleware=[Middleware(RequestContext), Middleware(IdempotencyMiddleware)],
+        middleware=[
+            # Outermost, so that it sees the status of every answer, the 500s included.
+            Middleware(HttpMetrics, metrics=app_metrics),
+            Middleware(RequestContext),
+            Middleware(ErrorEvents, per_second=settings.error_events_per_s),
+            Middleware(RequestGuard, allowed_origins=settings.allowed_origins),
+            Middleware(
+                StreamLimit,
+                per_session=settings.sse_max_per_session,
+                per_client=settings.sse_max_per_client,
+                trusted_proxies=settings.trusted_proxies,
+            ),
+            Middleware(IdempotencyMiddleware),
+        ],
         exception_handlers={
             HTTPException: on_http_exception,
             CommandError: on_command_error,
@@ -127,3 +154,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # No redirects: Starlette would answer `/v1/plan/` with a 307 whose Location is built from
+    # the Host header; an unknown path is the 404 envelope like any other.
+    app.router.redirect_slashes = False
+    app.state.metrics = app_metrics
+    return app

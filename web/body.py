@@ -4,6 +4,13 @@ Bare Starlette buffers any body whole and answers 500 to several malformed ones;
 JSON endpoint takes only `application/json` (a form or text/plain is 415, which also closes
 the cross-site POST hole SameSite=Lax leaves open), stops reading at the size limit (413),
 and turns invalid UTF-8, bad JSON, absurd nesting and non-objects into `invalid_input`.
+
+Every JSON body is also checked as a whole before any route sees it (`check_json`):
+nesting deeper than MAX_DEPTH (orjson re-encodes at most 254 levels and a stored or hashed
+body must re-encode), and, in any key or string value, the characters no field accepts: NUL
+(jsonb cannot store it), other C0 controls but tab and newlines, DEL, C1 controls, and the
+bidirectional embeddings, overrides and isolates that make text display other than it reads
+(U+202A-U+202E, U+2066-U+2069). The refusal names the field by its dotted path.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from commands.errors import ErrorCode
+from commands.errors import ErrorCode, InvalidInput
 from commands.interaction_input import WHITEBOARD_BODY_BYTES
 from web.errors import ApiError
 
+MAX_DEPTH = 32
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 # The one route whose bodies may exceed OMNITUTOR_MAX_BODY_BYTES: a whiteboard drawing is up
 # to 2 MB decoded, so its base64 body is larger (commands/interaction_input.py).
 _LARGE_BODY_ROUTE = re.compile(r"^/v1/lesson/[^/]+/whiteboard/?$")
@@ -28,7 +37,43 @@ def limit_for(path: str, default: int) -> int:
     return max(default, WHITEBOARD_BODY_BYTES) if _LARGE_BODY_ROUTE.match(path) else default
 
 
-def _is_json(content_type: str) -> bool:
+def _path(parent: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{parent}[{part}]"
+    return f"{parent}.{part}" if parent else part
+
+
+def _check_text(text: str, field: str, what: str = "must") -> None:
+    bad = _FORBIDDEN.search(text)
+    if bad is not None:
+        raise InvalidInput(
+            field or "body",
+            f"{what} not contain the control or bidi character U+{ord(bad.group()):04X}",
+        )
+
+
+def check_json(value: Any) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and forbidden characters anywhere (iterative:
+    a recursive walk would hit Python's own recursion limit on hostile input)."""
+    todo: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while todo:
+        item, where, depth = todo.pop()
+        if isinstance(item, str):
+            _check_text(item, where)
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            raise InvalidInput(where or "body", f"is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(key, where, "a key must")
+                todo.append((child, _path(where, key), depth + 1))
+        else:
+            todo.extend((child, _path(where, i), depth + 1) for i, child in enumerate(item))
+
+
+def is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
@@ -63,7 +108,7 @@ async def read_json_object(
         if await read_body(request, limit):
             raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE)
         return {}
-    if not _is_json(content_type):
+    if not is_json(content_type):
         raise ApiError(
             ErrorCode.UNSUPPORTED_MEDIA_TYPE,
             f"expected Content-Type application/json, got {content_type or 'none'}",
@@ -79,4 +124,5 @@ async def read_json_object(
         raise ApiError(
             ErrorCode.INVALID_INPUT, f"body must be a JSON object, got {type(value).__name__}"
         )
+    check_json(value)
     return value

@@ -10,6 +10,7 @@ line carries it too.
 |------------------------|--------|----------------------------------------------------------|
 | invalid_input          | 400    | malformed request, missing Idempotency-Key               |
 | unauthorized           | 401    | no valid session                                         |
+| forbidden_origin       | 403    | transport: a write from an Origin not allowed            |
 | not_found              | 404    | no such lesson (or not yours), no such route             |
 | method_not_allowed     | 405    | transport: the route exists, not for this method (Allow) |
 | conflict               | 409    | Idempotency-Key reused for another request (not          |
@@ -19,6 +20,7 @@ line carries it too.
 | refused                | 422    | moderation blocked input or output (reason "safety")     |
 | over_quota             | 429    | rate limit or daily spend cap (Retry-After)              |
 | internal               | 500    | unexpected; the trace id finds the log lines             |
+| service_unavailable    | 503    | the database is unreachable (Retry-After); fails in 1 s  |
 | rate_limited           | 503    | the model API throttled us (Retry-After)                 |
 | model_unavailable      | 503    | the model provider is down                               |
 """
@@ -31,11 +33,13 @@ import orjson
 import structlog
 from starlette.responses import Response
 
-from commands.errors import CommandError, ErrorCode, error_body
+from commands.errors import CommandError, ErrorCode, Internal, ServiceUnavailable, error_body
+from eventstore.errors import DatabaseUnavailable, StoreError
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_INPUT: 400,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN_ORIGIN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.CONFLICT: 409,
@@ -46,6 +50,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 503,
     ErrorCode.INTERNAL: 500,
     ErrorCode.MODEL_UNAVAILABLE: 503,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
 }
 
 # Copy the frontend can show as is ("drama modal explains, never spinner").
@@ -62,7 +67,11 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.METHOD_NOT_ALLOWED: "This endpoint does not accept that method.",
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: "Send JSON with Content-Type: application/json.",
     ErrorCode.PAYLOAD_TOO_LARGE: "The request body is too large.",
+    ErrorCode.FORBIDDEN_ORIGIN: "This request must come from the tutor's own page.",
+    ErrorCode.SERVICE_UNAVAILABLE: "The tutor's memory is unavailable. Try again in a moment.",
 }
+# How long a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER_MS = 1000
 
 
 class ApiError(CommandError):
@@ -86,6 +95,16 @@ def envelope(error: CommandError, trace_id: str) -> dict[str, Any]:
     )
     body.update(error.details)
     return body
+
+
+def store_failure(error: StoreError) -> CommandError:
+    """A storage failure as the client sees it: an outage is 503 with Retry-After (the
+    client retries; nothing was done), anything else the generic internal error."""
+    if isinstance(error, DatabaseUnavailable):
+        return ServiceUnavailable(
+            DEFAULT_MESSAGE[ErrorCode.SERVICE_UNAVAILABLE], retry_after_ms=DATABASE_RETRY_AFTER_MS
+        )
+    return Internal(DEFAULT_MESSAGE[ErrorCode.INTERNAL])
 
 
 def error_response(error: CommandError, trace_id: str) -> Response:

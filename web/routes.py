@@ -22,6 +22,7 @@ from commands.messages import (
 )
 from web import api_schemas as schemas
 from web.body import limit_for
+from web.idempotency import answer_recorder
 from web.openapi import Spec, api
 from web.requests import answer, body, caller, deps
 from web.stream import LessonStream
@@ -48,10 +49,19 @@ from web.stream import LessonStream
 async def create_plan(request: Request) -> Response:
     who, data = await caller(request), await body(request)
     if is_iterate_body(data):  # {lesson_id, feedback?, chip?}: a new plan for a draft
-        return answer(
-            request, await interactions.iterate_plan(IteratePlan(who, data), deps(request))
-        )
-    return answer(request, await lessons.create_plan(CreatePlan(who, data), deps(request)))
+        iterated = await interactions.iterate_plan(IteratePlan(who, data), deps(request))
+        return answer(request, iterated)
+    cmd = CreatePlan(who, data)
+
+    def render(result: lessons.PlanAnswer) -> bytes:
+        return bytes(answer(request, result).body)
+
+    # The Idempotency-Key's answer commits with the lesson's events (crash-safe retry); the
+    # answer sent is the same rendering, byte for byte.
+    result = await lessons.create_plan(
+        cmd, deps(request), record_outcome=answer_recorder(request, render)
+    )
+    return answer(request, result)
 
 
 @api(

@@ -43,7 +43,8 @@ class LessonStream(Response):
         # Not Response.__init__: with no body it would declare Content-Length: 0.
         self.status_code = 200
         self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # no-store: the stream carries the student's own lesson; no cache may keep a copy.
+        self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         self.subscription = subscription
         self.view = view
         self.heartbeat_s = settings.sse_heartbeat_s

@@ -8,6 +8,7 @@ order, decide on the folded lesson, append through the shared loop (commands/les
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ from commands.stream_view import StreamView, parse_cursor
 from eventstore.events import JSON, READY, STREAMING
 from eventstore.hub import Subscription
 from eventstore.ids import new_id
-from eventstore.store import NewEvent
+from eventstore.store import InTransaction, NewEvent
 
 # ---- POST /v1/plan ---------------------------------------------------------------------------
 
@@ -61,8 +62,17 @@ class PlanAnswer:
         }
 
 
-async def create_plan(cmd: CreatePlan, deps: Deps) -> PlanAnswer:
-    """Plan a new lesson with beat 1 (fast tier, or the plan cache) and open its log."""
+async def create_plan(
+    cmd: CreatePlan,
+    deps: Deps,
+    record_outcome: Callable[[PlanAnswer], InTransaction] | None = None,
+) -> PlanAnswer:
+    """Plan a new lesson with beat 1 (fast tier, or the plan cache) and open its log.
+
+    `record_outcome(answer)`, if given, runs inside the transaction that appends the
+    lesson's opening events: the Idempotency-Key's answer commits with them (a retry after a
+    crash finds the answer or nothing done; docs/guardrails.md).
+    """
     data = plan.validate_plan_body(cmd.body)
     caller = cmd.caller
     # Guardrails before any model call; the Idempotency-Key was claimed before this ran.
@@ -108,14 +118,20 @@ async def create_plan(cmd: CreatePlan, deps: Deps) -> PlanAnswer:
         cache_hit=cached is not None,
     )
     meta = caller.meta()
-    await deps.store.append(lesson_id, [NewEvent.of(e, meta) for e in events], expected_seq=0)
+    answer = PlanAnswer(lesson_id, lesson_plan, beat1_id, beat1, cached is not None)
+    await deps.store.append(
+        lesson_id,
+        [NewEvent.of(e, meta) for e in events],
+        expected_seq=0,
+        in_transaction=record_outcome(answer) if record_outcome else None,
+    )
     if cached is None:
         payload = {"plan": plan_json(lesson_plan), "beat1": plan.beat_to_cache(beat1)}
         await plan.cache_put(deps.pool, key, model, payload, plan.PLAN_CACHE_DAYS)
     structlog.contextvars.bind_contextvars(
         lesson_id=lesson_id, cache="hit" if cached is not None else "miss"
     )
-    return PlanAnswer(lesson_id, lesson_plan, beat1_id, beat1, cached is not None)
+    return answer
 
 
 async def _plan_with_model(

@@ -41,6 +41,13 @@ SET state = 'done', status_code = %(status_code)s, response_json = %(response_js
 WHERE key = %(key)s AND claim_token = %(token)s AND state = 'in_flight'
 RETURNING 1;
 
+-- name: renew
+-- The owner is alive: push the lease on. Nothing once the claim is done, released or lost.
+UPDATE idempotency_keys
+SET lease_until = now() + %(lease)s
+WHERE key = %(key)s AND claim_token = %(token)s AND state = 'in_flight'
+RETURNING 1;
+
 -- name: release
 DELETE FROM idempotency_keys
 WHERE key = %(key)s AND claim_token = %(token)s AND state = 'in_flight'
