@@ -67,7 +67,10 @@ def new_lesson(client: httpx.Client, *, finished: bool = False) -> str:
 def events_of(db_url: str, lesson_id: str) -> list[tuple[str, dict[str, Any]]]:
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT type, payload_json FROM events WHERE lesson_id = %s ORDER BY insert_no",
+            # Personal fields live in the vault (eventstore/personal.py): merged back here.
+            "SELECT e.type, e.payload_json || coalesce(p.fields, '{}') FROM events AS e"
+            " LEFT JOIN personal_data AS p ON p.event_id = e.id"
+            " WHERE e.lesson_id = %s ORDER BY e.insert_no",
             (lesson_id,),
         ).fetchall()
     return [(r[0], r[1]) for r in rows]

@@ -88,7 +88,9 @@ def completed_once_per_revision(db_url: str, lesson_id: str) -> None:
     """Every beat of the final plan is completed exactly once since it was last superseded."""
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT type, payload_json FROM events WHERE lesson_id = %s ORDER BY lesson_seq",
+            "SELECT e.type, e.payload_json || coalesce(p.fields, '{}') FROM events AS e"
+            " LEFT JOIN personal_data AS p ON p.event_id = e.id"
+            " WHERE e.lesson_id = %s ORDER BY e.lesson_seq",
             (lesson_id,),
         ).fetchall()
     since: dict[int, int] = {}
