@@ -349,3 +349,23 @@ def test_whiteboard_comments_on_a_drawing(server: str, db_url: str) -> None:
     assert drawn["type"] == "whiteboard"
     assert drawn["payload"]["media_type"] == "image/png"
     assert drawn["payload"]["bytes"] == len(big)
+
+
+def test_the_students_beat_comes_from_their_last_beat_advance(server: str) -> None:
+    with client_for(server) as client:
+        lesson_id = new_lesson(client, finished=True)
+        moves = [
+            {
+                "type": "beat.advance",
+                "ts": 1_780_000_000_000 + i,
+                "lesson_id": lesson_id,
+                "payload": {"from_ord": i + 1, "to_ord": i + 2},
+            }
+            for i in range(2)
+        ]
+        r = client.post("/v1/event", json={"events": moves})
+        assert r.status_code == 202, r.text
+        r = client.post(f"/v1/lesson/{lesson_id}/ask", json={"question": "where am I?"})
+        assert r.status_code == 200, r.text
+        [asked] = client.get(f"/v1/lesson/{lesson_id}").json()["interactions"]
+    assert asked["beat_ord"] == 3
