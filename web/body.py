@@ -25,7 +25,9 @@ from commands.errors import ErrorCode, InvalidInput
 from web.errors import ApiError
 
 MAX_DEPTH = 32
-_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Control characters (C0 but tab and line breaks, DEL, C1) and bidi overrides.
+FORBIDDEN_CHARACTERS = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_FORBIDDEN = re.compile(f"[{FORBIDDEN_CHARACTERS}]")
 
 
 def _path(parent: str, part: str | int) -> str:
