@@ -58,6 +58,7 @@ from commands.lessons import (
     fold,
     run_event,
 )
+from commands.narration import Narrator, narrated
 from commands.plan import (
     BEAT_CACHE_DAYS,
     beat_cache_key,
@@ -170,12 +171,14 @@ class LessonWorker:
         pool: Pool,
         provider: Provider,
         config: GenerationConfig,
+        narrator: Narrator | None = None,
     ) -> None:
         self.lesson_id = lesson_id
         self.store = store
         self.pool = pool
         self.provider = provider
         self.config = config
+        self.narrator = narrator
         self.trace_id = new_trace_id()
         self.meta = EventMeta(trace_id=self.trace_id)
         self.state = LessonState(lesson_id=lesson_id)
@@ -222,6 +225,8 @@ class LessonWorker:
                 return "abandoned"
             beat = self.state.next_beat()
             if beat is None:
+                if self.narrator is not None:
+                    await self.narrator.settle(self.lesson_id)  # audio_ready before the end
                 await self.commit(lambda s: decide_complete_lesson(s, _now()))
                 continue
             if not await self.generate(beat.ord):
@@ -240,8 +245,10 @@ class LessonWorker:
             attempt = self.state.beat(ord).attempt
             content = beat_from_cache(cached[1])
             hit = CacheHit(key_kind="beat", model=cached[0])
-            await self.commit(
-                lambda s: decide_complete_beat(s, ord, attempt, content, prefix=[hit], now=_now())
+            await self.complete(
+                ord,
+                content,
+                lambda s: decide_complete_beat(s, ord, attempt, content, prefix=[hit], now=_now()),
             )
             return True
         plan = state.plan_object()
@@ -283,7 +290,9 @@ class LessonWorker:
                 await self.record(result.runs, ord)
                 await self.fail(ord, None, refusal=e)
                 return False
-            await self.commit(
+            await self.complete(
+                ord,
+                result.value,
                 partial(
                     decide_complete_beat,
                     ord=ord,
@@ -292,12 +301,29 @@ class LessonWorker:
                     final_delta=partials.pending,
                     prefix=runs,
                     now=_now(),
-                )
+                ),
             )
             await cache_put(self.pool, key, model, beat_to_cache(result.value), BEAT_CACHE_DAYS)
             return True
         await self.fail(ord, failure)
         return False
+
+    async def complete(
+        self,
+        ord: int,
+        content: providers.BeatContent,
+        decide: Callable[[LessonState], list[DomainEvent]],
+    ) -> None:
+        """Append a beat's completion, then hand its narration to the narrator (the hook of
+        commands/narration.py: a clip already stored rides in beat.completed)."""
+        narrator = self.narrator if self.narrator is not None and self.narrator.enabled else None
+        if narrator is None:
+            await self.commit(decide)
+            return
+        audio_url = await narrator.cached(content.narration_text)
+        await self.commit(lambda s: narrated(decide(s), audio_url, hold_completion=True))
+        if audio_url is None:
+            narrator.beat_completed(self.lesson_id, ord, content.narration_text, self.meta)
 
     async def screen_output(self, content: providers.BeatContent) -> None:
         """Output moderation (contracts §10): a generated beat is scanned before it is kept."""
@@ -393,11 +419,13 @@ class Supervisor:
         provider: Provider,
         config: GenerationConfig,
         owner: str | None = None,
+        narrator: Narrator | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
         self.provider = provider
         self.config = config
+        self.narrator = narrator
         self.leases = Leases(pool, owner or worker_id(), config.lease_ttl_s)
         self.workers: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -457,7 +485,9 @@ class Supervisor:
             )
 
     async def _work(self, lesson_id: str) -> None:
-        worker = LessonWorker(lesson_id, self.store, self.pool, self.provider, self.config)
+        worker = LessonWorker(
+            lesson_id, self.store, self.pool, self.provider, self.config, self.narrator
+        )
         outcome: str | None = None
         try:
             outcome = await worker.run()

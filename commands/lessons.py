@@ -219,7 +219,7 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
             return replace(s, status=ABANDONED, ended_at=ts, ended_seq=seq)
         case LessonDeleted():
             return replace(s, deleted=True)
-        case ErrorRaised():
+        case ErrorRaised(source="generation"):
             return replace(s, failed_seq=seq)
         case _:
             return s

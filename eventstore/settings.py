@@ -104,6 +104,16 @@ class Settings:
     sse_retry_ms: int = 1000  # OMNITUTOR_SSE_RETRY_MS: the stream's `retry:` field
     # Projections (docs/projections.md).
     projections_poll_s: float = 0.5  # OMNITUTOR_PROJECTIONS_POLL_S: runner's fallback poll
+    # Assets and narration (docs/assets.md).
+    assets_bucket: str | None = None  # OMNITUTOR_ASSETS_BUCKET; None → files under home/assets
+    assets_prefix: str = ""  # OMNITUTOR_ASSETS_PREFIX: key prefix inside the bucket
+    assets_base_url: str | None = None  # OMNITUTOR_ASSETS_BASE_URL: public base of asset URLs
+    elevenlabs_api_key: str | None = field(default=None, repr=False)  # ELEVENLABS_API_KEY
+    elevenlabs_base_url: str | None = None  # ELEVENLABS_BASE_URL
+    tts_voice_id: str = "21m00Tcm4TlvDq8ikWAM"  # OMNITUTOR_TTS_VOICE_ID
+    tts_model: str = "eleven_flash_v2_5"  # OMNITUTOR_TTS_MODEL
+    tts_timeout_s: float = 30.0  # OMNITUTOR_TTS_TIMEOUT_S: one synthesis call
+    tts_plan_wait_s: float = 3.0  # OMNITUTOR_TTS_PLAN_WAIT_S: plan answer waits for beat 1's clip
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +152,15 @@ class Settings:
             sse_send_timeout_s=_float(e, "OMNITUTOR_SSE_SEND_TIMEOUT_S", 10.0),
             sse_retry_ms=_int(e, "OMNITUTOR_SSE_RETRY_MS", 1000),
             projections_poll_s=_float(e, "OMNITUTOR_PROJECTIONS_POLL_S", 0.5),
+            assets_bucket=e.get("OMNITUTOR_ASSETS_BUCKET") or None,
+            assets_prefix=_prefix(e.get("OMNITUTOR_ASSETS_PREFIX") or ""),
+            assets_base_url=(e.get("OMNITUTOR_ASSETS_BASE_URL") or "").rstrip("/") or None,
+            elevenlabs_api_key=e.get("ELEVENLABS_API_KEY") or None,
+            elevenlabs_base_url=e.get("ELEVENLABS_BASE_URL") or None,
+            tts_voice_id=e.get("OMNITUTOR_TTS_VOICE_ID") or "21m00Tcm4TlvDq8ikWAM",
+            tts_model=e.get("OMNITUTOR_TTS_MODEL") or "eleven_flash_v2_5",
+            tts_timeout_s=_float(e, "OMNITUTOR_TTS_TIMEOUT_S", 30.0),
+            tts_plan_wait_s=_float(e, "OMNITUTOR_TTS_PLAN_WAIT_S", 3.0),
         )
 
 
@@ -154,3 +173,9 @@ def _provider(env: Mapping[str, str]) -> str:
     if kind == "anthropic" and not has_key:
         raise SystemExit("OMNITUTOR_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
     return kind
+
+
+def _prefix(raw: str) -> str:
+    """A key prefix ends with "/" (or is empty), so "audio" and "audio/" mean the same."""
+    stripped = raw.strip().strip("/")
+    return f"{stripped}/" if stripped else ""

@@ -16,14 +16,17 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from commands.assets import Assets
+from commands.assetstore import open_asset_store
 from commands.errors import CommandError, ErrorCode, Internal
+from commands.narration import open_narrator
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import health, lessons, sessions
+from web import asset_files, health, lessons, sessions
 from web.errors import ApiError, error_response
 from web.idempotency import IdempotencyMiddleware
 from web.lesson_runtime import open_provider, open_supervisor
@@ -45,7 +48,9 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
             sequencer = Sequencer(store, on_sequenced=log_moved)
             provider = open_provider(settings)
-            supervisor = open_supervisor(settings, pool, store, provider)
+            assets = Assets(pool, open_asset_store(settings))
+            narrator = open_narrator(settings, assets, store)
+            supervisor = open_supervisor(settings, pool, store, provider, narrator)
             app.state.services = Services(
                 settings=settings,
                 pool=pool,
@@ -53,6 +58,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 hub=hub,
                 provider=provider,
                 supervisor=supervisor,
+                assets=assets,
+                narrator=narrator,
             )
             tasks = [
                 asyncio.create_task(sequencer.run(), name="sequencer"),
@@ -69,6 +76,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 # on Python 3.11 (psycopg answers with a server-side cancel and waits again).
                 await asyncio.wait(tasks, timeout=5)
                 await supervisor.aclose()
+                await narrator.aclose()
                 await provider.aclose()
 
     def trace_id(request: Request) -> str:
@@ -103,7 +111,13 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
 
     return Starlette(
-        routes=[*health.routes, *sessions.routes, *lessons.routes],
+        routes=[
+            *health.routes,
+            *sessions.routes,
+            *lessons.routes,
+            # The local asset store's files; with a bucket the CDN serves them.
+            *([] if settings.assets_bucket else asset_files.routes(settings.home / "assets")),
+        ],
         middleware=[Middleware(RequestContext), Middleware(IdempotencyMiddleware)],
         exception_handlers={
             HTTPException: on_http_exception,

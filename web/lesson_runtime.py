@@ -8,6 +8,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from commands.generation import GenerationConfig, Supervisor, tier_models
+from commands.narration import Narrator
 from commands.providers import Provider, ProviderConfig, Tier, make_provider
 from eventstore.settings import Settings
 from eventstore.store import EventStore
@@ -50,5 +51,6 @@ def open_supervisor(
     pool: AsyncConnectionPool[AsyncConnection[Any]],
     store: EventStore,
     provider: Provider,
+    narrator: Narrator | None = None,
 ) -> Supervisor:
-    return Supervisor(pool, store, provider, generation_config(settings))
+    return Supervisor(pool, store, provider, generation_config(settings), narrator=narrator)

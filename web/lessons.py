@@ -55,6 +55,13 @@ async def create_plan(request: Request) -> Response:
         lesson_id=created.lesson_id, cache="hit" if created.cache_hit else "miss"
     )
     plan = created.plan
+    audio_url = await svc.narrator.beat_already_completed(
+        created.lesson_id,
+        1,
+        created.beat1.narration_text,
+        EventMeta(_trace_id(request), principal.user_id, principal.session_id),
+        wait_s=svc.narrator.first_clip_wait_s,
+    )
     return JSONResponse(
         {
             "ok": True,
@@ -71,7 +78,7 @@ async def create_plan(request: Request) -> Response:
                 "id": created.beat1_id,
                 "content_json": created.beat1.content_json,
                 "narration_text": created.beat1.narration_text,
-                "audio_url": None,  # TTS is not wired yet; audio_ready will announce it
+                "audio_url": audio_url,  # null until synthesised; audio_ready announces it
             },
             "trace_id": _trace_id(request),
         }

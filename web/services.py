@@ -9,7 +9,9 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 
+from commands.assets import Assets
 from commands.generation import Supervisor
+from commands.narration import Narrator
 from commands.providers import Provider
 from eventstore.hub import Hub
 from eventstore.settings import Settings
@@ -24,6 +26,8 @@ class Services:
     hub: Hub
     provider: Provider
     supervisor: Supervisor
+    assets: Assets
+    narrator: Narrator
 
 
 def services(request: Request) -> Services:

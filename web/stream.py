@@ -176,8 +176,10 @@ class StreamView:
                 if p.get("retry_after_ms") is not None:
                     data["retry_after_ms"] = p["retry_after_ms"]
                 data["trace_id"] = p["trace_id"]
-                # An old error that generation has since moved past is history, not the end.
-                return frame("error", data, eid), seq >= self.stop_on_error_after
+                # An old error that generation has since moved past is history, not the end;
+                # a missing narration clip never ends the lesson.
+                ends = seq >= self.stop_on_error_after and p.get("source") != "narration"
+                return frame("error", data, eid), ends
             case _:
                 return None, False
 
