@@ -34,6 +34,7 @@ from eventstore.migrations import APP_ROLE, MIGRATIONS, grant_app_role, migrate,
 from eventstore.queries import load_queries
 from eventstore.settings import Settings
 from ops import (
+    assets_bucket,
     backup_cli,
     bench_eventstore,
     bench_projections,
@@ -201,6 +202,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     lessons_cli.register(sub)
     events_cli.register(sub)
     guardrails_cli.register(sub)
+    assets_bucket.register(sub)
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)
