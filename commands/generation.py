@@ -253,7 +253,9 @@ class LessonWorker:
             return True
         plan = state.plan_object()
         request = plan_request(state.subject, state.topic, state.level, state.intent)
-        tiers = list(self.config.tiers)
+        # Derivations need hard reasoning: the deep tier first, then the usual fallbacks.
+        deep = [Tier.DEEP] if state.beat(ord).kind == "derivation" else []
+        tiers = [*deep, *self.config.tiers]
         rate_limit_waits = 0
         failure: providers.ProviderError | None = None
         while tiers:

@@ -46,6 +46,7 @@ Pool = AsyncConnectionPool[AsyncConnection[Any]]
 class Bucket(StrEnum):
     PLAN = "plan"
     ASK = "ask"
+    VIZ = "viz"  # visualize, animate and make-me (generated assets)
 
 
 class Scope(StrEnum):
@@ -61,12 +62,17 @@ class RateLimits:
     ask_anon: int = 60
     plan_user: int = 30
     ask_user: int = 300
+    viz_anon: int = 20
+    viz_user: int = 100
     window: timedelta = WINDOW
 
     def limit(self, scope: Scope, bucket: Bucket) -> int:
-        if scope is Scope.IP:
-            return self.plan_anon if bucket is Bucket.PLAN else self.ask_anon
-        return self.plan_user if bucket is Bucket.PLAN else self.ask_user
+        anon = scope is Scope.IP
+        if bucket is Bucket.PLAN:
+            return self.plan_anon if anon else self.plan_user
+        if bucket is Bucket.VIZ:
+            return self.viz_anon if anon else self.viz_user
+        return self.ask_anon if anon else self.ask_user
 
     @property
     def slice(self) -> timedelta:

@@ -82,6 +82,8 @@ class Settings:
     limit_ask_anon_per_hour: int = 60  # OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR
     limit_plan_user_per_hour: int = 30  # OMNITUTOR_LIMIT_PLAN_USER_PER_HOUR
     limit_ask_user_per_hour: int = 300  # OMNITUTOR_LIMIT_ASK_USER_PER_HOUR
+    limit_viz_anon_per_hour: int = 20  # OMNITUTOR_LIMIT_VIZ_ANON_PER_HOUR
+    limit_viz_user_per_hour: int = 100  # OMNITUTOR_LIMIT_VIZ_USER_PER_HOUR
     trusted_proxies: tuple[IPNetwork, ...] = ()  # OMNITUTOR_TRUSTED_PROXIES
     daily_cap_usd: Decimal = Decimal(50)  # OMNITUTOR_DAILY_CAP_USD
     over_quota_forced: bool = False  # OT_OVER_QUOTA=1: refuse new generations from start-up
@@ -134,6 +136,8 @@ class Settings:
             limit_ask_anon_per_hour=_int(e, "OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR", 60),
             limit_plan_user_per_hour=_int(e, "OMNITUTOR_LIMIT_PLAN_USER_PER_HOUR", 30),
             limit_ask_user_per_hour=_int(e, "OMNITUTOR_LIMIT_ASK_USER_PER_HOUR", 300),
+            limit_viz_anon_per_hour=_int(e, "OMNITUTOR_LIMIT_VIZ_ANON_PER_HOUR", 20),
+            limit_viz_user_per_hour=_int(e, "OMNITUTOR_LIMIT_VIZ_USER_PER_HOUR", 100),
             trusted_proxies=_networks(e, "OMNITUTOR_TRUSTED_PROXIES"),
             daily_cap_usd=_decimal(e, "OMNITUTOR_DAILY_CAP_USD", Decimal(50)),
             over_quota_forced=_flag(e.get("OT_OVER_QUOTA")),

@@ -26,7 +26,7 @@ from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import asset_files, health, lessons, sessions
+from web import asset_files, health, lessons, media_routes, sessions
 from web.errors import ApiError, error_response
 from web.idempotency import IdempotencyMiddleware
 from web.lesson_runtime import open_provider, open_supervisor
@@ -115,6 +115,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             *health.routes,
             *sessions.routes,
             *lessons.routes,
+            *media_routes.routes,
             # The local asset store's files; with a bucket the CDN serves them.
             *([] if settings.assets_bucket else asset_files.routes(settings.home / "assets")),
         ],

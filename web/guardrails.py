@@ -40,6 +40,8 @@ def rate_limits(settings: Settings) -> RateLimits:
         ask_anon=settings.limit_ask_anon_per_hour,
         plan_user=settings.limit_plan_user_per_hour,
         ask_user=settings.limit_ask_user_per_hour,
+        viz_anon=settings.limit_viz_anon_per_hour,
+        viz_user=settings.limit_viz_user_per_hour,
     )
 
 

@@ -1,0 +1,391 @@
+"""Generated assets on request: visualize, animate and make-me (contracts §3, §5).
+
+One handler per use case, each ``async def handler(cmd, deps) -> Answer``:
+
+* ``visualize`` — an SVG diagram of a ready beat, sanitised before it is stored.
+* ``animate`` — a mini-simulation spec of a ready beat (commands/simulation.py).
+* ``makeme`` — flashcards, notes, slides, video, quiz, summary or mindmap of a complete
+  lesson; ``video`` is a narrated slide sequence (slides plus one clip per slide).
+
+Every result is an asset cached forever (contracts §5): visualize and animate by
+``sha256(beat_id + viz_request)``, where the viz request is ``"svg:"`` or ``"simulation:"``
+followed by the student's words (so a diagram and a simulation of the same beat are two
+objects); make-me by ``sha256(lesson_id + output_type)``. A cached answer costs no model call.
+Guardrails in the contract's order: (the idempotency key, by web/) rate limit (bucket
+``viz``), then on a miss the spend cap, input moderation, the model call. Beats of kind
+``derivation`` use the deep tier. The lesson's log records the model runs and one
+``interaction.recorded`` per request (plus ``cache.hit`` on a hit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import orjson
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from commands import moderation, providers, ratelimit, spendcap
+from commands.assets import Assets, content_hash
+from commands.errors import Conflict, InvalidInput
+from commands.lesson_service import load_owned
+from commands.lessons import COMPLETE, READY, LessonState, run_event
+from commands.narration import Narrator
+from commands.plan import provider_failure
+from commands.providers import MAKEME_OUTPUTS, BeatBrief, LessonBrief, Provider, Tier
+from commands.ratelimit import Bucket, RateLimits
+from commands.sessions import Principal
+from eventstore.events import CacheHit, DomainEvent, InteractionRecorded
+from eventstore.ids import new_id
+from eventstore.settings import Settings
+from eventstore.store import EventMeta, EventStore, NewEvent
+
+T = TypeVar("T")
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+MAX_REQUEST_CHARS = 500
+DEEP_KINDS = frozenset({"derivation"})
+
+
+class MediaDeps(Protocol):
+    """What these handlers use of commands/bootstrap.py's Deps."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def pool(self) -> Pool: ...
+    @property
+    def store(self) -> EventStore: ...
+    @property
+    def provider(self) -> Provider: ...
+    @property
+    def assets(self) -> Assets: ...
+    @property
+    def narrator(self) -> Narrator: ...
+    @property
+    def limits(self) -> RateLimits: ...
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks (web builds it from the session cookie)."""
+
+    principal: Principal
+    client_ip: str
+    trace_id: str
+
+    def meta(self) -> EventMeta:
+        return EventMeta(
+            trace_id=self.trace_id or None,
+            user_id=self.principal.user_id,
+            session_id=self.principal.session_id,
+        )
+
+
+@dataclass(frozen=True)
+class Visualize:
+    caller: Requester
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Animate:
+    caller: Requester
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MakeMe:
+    caller: Requester
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AssetAnswer:
+    asset_id: str
+    url: str
+    kind: str  # svg | simulation
+    spec: dict[str, Any] | None = None
+    cache_hit: bool = False
+
+    def json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"asset_id": self.asset_id, "url": self.url, "kind": self.kind}
+        if self.spec is not None:
+            body["spec"] = self.spec
+        return body
+
+
+@dataclass(frozen=True)
+class MakeMeAnswer:
+    asset_id: str
+    url: str
+    output: str
+    content: dict[str, Any]
+    cache_hit: bool = False
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "asset_id": self.asset_id,
+            "url": self.url,
+            "output": self.output,
+            "content": self.content,
+        }
+
+
+# ---- validation (pure) -------------------------------------------------------------------
+
+
+def _only(body: Mapping[str, Any], allowed: set[str]) -> None:
+    for key in body:
+        if key not in allowed:
+            raise InvalidInput(key, f"is not a field of this request (allowed: {sorted(allowed)})")
+
+
+def validate_beat_request(body: Mapping[str, Any]) -> tuple[int, str]:
+    """(beat_ord, request) of a visualize or animate body."""
+    _only(body, {"beat_ord", "request"})
+    ord = body.get("beat_ord")
+    if isinstance(ord, bool) or not isinstance(ord, int) or not 1 <= ord <= 100:
+        raise InvalidInput("beat_ord", "must be a whole number from 1 to 100")
+    request = body.get("request", "")
+    if request is None:
+        request = ""
+    if not isinstance(request, str):
+        raise InvalidInput("request", "must be a string")
+    if len(request) > MAX_REQUEST_CHARS:
+        raise InvalidInput("request", f"must be at most {MAX_REQUEST_CHARS} characters")
+    return ord, " ".join(request.split())
+
+
+def validate_makeme(body: Mapping[str, Any]) -> str:
+    _only(body, {"output"})
+    output = body.get("output")
+    if output not in MAKEME_OUTPUTS:
+        raise InvalidInput("output", f"must be one of {', '.join(MAKEME_OUTPUTS)}")
+    return str(output)
+
+
+def tier_for(kind: str) -> Tier:
+    """Derivations need the deep tier (contracts §1); every other asset the streaming one."""
+    return Tier.DEEP if kind in DEEP_KINDS else Tier.STREAMING
+
+
+def beat_brief(state: LessonState, ord: int) -> tuple[str, BeatBrief]:
+    """(beat_id, brief) of a ready beat; Conflict while it is still being written."""
+    beat = state.beat(ord)
+    if beat.status != READY or beat.beat_id is None:
+        raise Conflict(f"beat {ord} is not ready yet; ask again once it has arrived")
+    brief = BeatBrief(
+        subject=state.subject,
+        topic=state.topic,
+        level=state.level,
+        ord=ord,
+        kind=beat.kind,
+        title=beat.title,
+        content_json=dict(beat.content_json or {}),
+        narration_text=beat.narration_text or "",
+    )
+    return beat.beat_id, brief
+
+
+# ---- shared steps ------------------------------------------------------------------------
+
+
+async def _admit(deps: MediaDeps, caller: Requester, lesson_id: str) -> None:
+    await ratelimit.enforce(
+        deps.pool,
+        deps.store,
+        bucket=Bucket.VIZ,
+        principal=caller.principal,
+        client_ip=caller.client_ip,
+        limits=deps.limits,
+        meta=caller.meta(),
+        lesson_id=lesson_id,
+    )
+
+
+async def _before_model(
+    deps: MediaDeps, caller: Requester, lesson_id: str, texts: Mapping[str, str]
+) -> None:
+    """The guardrails a cache miss passes before its model call: spend cap, moderation."""
+    meta = caller.meta()
+    await spendcap.enforce(
+        deps.pool,
+        deps.store,
+        cap_usd=deps.settings.daily_cap_usd,
+        forced=deps.settings.over_quota_forced,
+        meta=meta,
+        lesson_id=lesson_id,
+    )
+    await moderation.screen(
+        deps.provider, texts, "input", store=deps.store, meta=meta, lesson_id=lesson_id
+    )
+
+
+async def _call(
+    deps: MediaDeps,
+    caller: Requester,
+    lesson_id: str,
+    beat_ord: int | None,
+    call: Callable[[], Awaitable[providers.Result[T]]],
+) -> tuple[T, list[DomainEvent]]:
+    """The model call; its runs as events (recorded at once when it fails)."""
+    try:
+        result = await call()
+    except providers.ProviderError as e:
+        runs = [run_event(r, caller.trace_id, beat_ord=beat_ord) for r in e.runs]
+        await _record(deps, caller, lesson_id, runs)
+        raise provider_failure(e) from e
+    return result.value, [run_event(r, caller.trace_id, beat_ord=beat_ord) for r in result.runs]
+
+
+async def _record(
+    deps: MediaDeps, caller: Requester, lesson_id: str, events: Sequence[DomainEvent]
+) -> None:
+    if events:
+        meta = caller.meta()
+        await deps.store.append_at_end(lesson_id, [NewEvent.of(e, meta) for e in events])
+
+
+def _interaction(
+    type: str, payload: dict[str, Any], response: dict[str, Any], beat_ord: int | None
+) -> InteractionRecorded:
+    return InteractionRecorded(
+        interaction_id=new_id(),
+        type=type,
+        payload=payload,
+        response=response,
+        beat_ord=beat_ord,
+    )
+
+
+# ---- the handlers ------------------------------------------------------------------------
+
+
+async def visualize(cmd: Visualize, deps: MediaDeps) -> AssetAnswer:
+    ord, request = validate_beat_request(cmd.body)
+    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.principal.user_id)
+    beat_id, brief = beat_brief(state, ord)
+    await _admit(deps, cmd.caller, cmd.lesson_id)
+    key = content_hash(beat_id, f"svg:{request}")
+    asset = await deps.assets.find(key)
+    hit = asset is not None
+    events: list[DomainEvent] = [CacheHit(key_kind="viz")]
+    if asset is None:
+        await _before_model(deps, cmd.caller, cmd.lesson_id, {"request": request})
+        svg, events = await _call(
+            deps,
+            cmd.caller,
+            cmd.lesson_id,
+            ord,
+            lambda: deps.provider.diagram(brief, request, tier_for(brief.kind)),
+        )
+        asset = await deps.assets.put(key, "diagram", svg.encode(), "image/svg+xml")
+    answer = AssetAnswer(asset.id, asset.url, "svg", cache_hit=hit)
+    await _record(
+        deps,
+        cmd.caller,
+        cmd.lesson_id,
+        [*events, _interaction("visualize", {"request": request}, answer.json(), ord)],
+    )
+    return answer
+
+
+async def animate(cmd: Animate, deps: MediaDeps) -> AssetAnswer:
+    ord, request = validate_beat_request(cmd.body)
+    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.principal.user_id)
+    beat_id, brief = beat_brief(state, ord)
+    await _admit(deps, cmd.caller, cmd.lesson_id)
+    key = content_hash(beat_id, f"simulation:{request}")
+    asset = await deps.assets.find(key)
+    hit = asset is not None
+    if asset is None:
+        await _before_model(deps, cmd.caller, cmd.lesson_id, {"request": request})
+        spec, events = await _call(
+            deps,
+            cmd.caller,
+            cmd.lesson_id,
+            ord,
+            lambda: deps.provider.simulation(brief, request, tier_for(brief.kind)),
+        )
+        asset = await deps.assets.put(key, "simulation", orjson.dumps(spec), "application/json")
+    else:
+        spec = orjson.loads(await deps.assets.store.get(asset.key))
+        events = [CacheHit(key_kind="viz")]
+    answer = AssetAnswer(asset.id, asset.url, "simulation", spec=spec, cache_hit=hit)
+    response = {"asset_id": asset.id, "url": asset.url, "kind": "simulation"}
+    await _record(
+        deps,
+        cmd.caller,
+        cmd.lesson_id,
+        [*events, _interaction("animate", {"request": request}, response, ord)],
+    )
+    return answer
+
+
+def lesson_brief(state: LessonState) -> LessonBrief:
+    if state.status != COMPLETE:
+        raise Conflict("make-me outputs are made from a complete lesson; finish it first")
+    beats = tuple(beat_brief(state, b.ord)[1] for b in state.beats if b.status == READY)
+    return LessonBrief(state.subject, state.topic, state.level, beats)
+
+
+async def makeme(cmd: MakeMe, deps: MediaDeps) -> MakeMeAnswer:
+    output = validate_makeme(cmd.body)
+    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.principal.user_id)
+    lesson = lesson_brief(state)
+    await _admit(deps, cmd.caller, cmd.lesson_id)
+    return await make_output(deps, cmd.caller, cmd.lesson_id, output, lesson)
+
+
+async def make_output(
+    deps: MediaDeps, caller: Requester, lesson_id: str, output: str, lesson: LessonBrief
+) -> MakeMeAnswer:
+    """The make-me output, from the cache or made now (also the pre-order path)."""
+    key = content_hash(lesson_id, output)
+    asset = await deps.assets.find(key)
+    if asset is not None:
+        content = orjson.loads(await deps.assets.store.get(asset.key))
+        answer = MakeMeAnswer(asset.id, asset.url, output, content, cache_hit=True)
+        events: list[DomainEvent] = [CacheHit(key_kind="makeme")]
+    else:
+        await _before_model(deps, caller, lesson_id, {})
+        tier = Tier.DEEP if any(b.kind in DEEP_KINDS for b in lesson.beats) else Tier.STREAMING
+        content, events = await _call(
+            deps,
+            caller,
+            lesson_id,
+            None,
+            lambda: deps.provider.makeme(output, lesson, tier),
+        )
+        if output == "video":
+            content = await _narrated_slides(deps, caller, lesson_id, content)
+        asset = await deps.assets.put(key, output, orjson.dumps(content), "application/json")
+        answer = MakeMeAnswer(asset.id, asset.url, output, content)
+    response = {"asset_id": answer.asset_id, "url": answer.url, "output": output}
+    await _record(
+        deps,
+        caller,
+        lesson_id,
+        [*events, _interaction("makeme", {"output": output}, response, None)],
+    )
+    return answer
+
+
+async def _narrated_slides(
+    deps: MediaDeps, caller: Requester, lesson_id: str, content: dict[str, Any]
+) -> dict[str, Any]:
+    """A video is the slides with one narration clip each (null when narration is off)."""
+    slides = content["slides"]
+    urls = await asyncio.gather(
+        *(deps.narrator.narrate(s["narration"], caller.meta(), lesson_id=lesson_id) for s in slides)
+    )
+    return {
+        "kind": "narrated_slides",
+        "slides": [{**s, "audio_url": url} for s, url in zip(slides, urls, strict=True)],
+    }
