@@ -29,7 +29,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -80,6 +80,8 @@ _Q = load_queries(Path(__file__).parent / "sql" / "lessons.sql")
 log = structlog.get_logger(__name__)
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
+# Runs once, in the worker that completed the lesson, before its lease is released.
+CompletionHook = Callable[[LessonState], Awaitable[None]]
 MAX_RATE_LIMIT_WAITS = 5
 MAX_RETRY_AFTER_S = 30.0
 CONFLICT_RETRIES = 8
@@ -172,8 +174,10 @@ class LessonWorker:
         provider: Provider,
         config: GenerationConfig,
         narrator: Narrator | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> None:
         self.lesson_id = lesson_id
+        self.on_complete = on_complete
         self.store = store
         self.pool = pool
         self.provider = provider
@@ -218,8 +222,11 @@ class LessonWorker:
             return "done"  # nothing to generate: no such lesson
         if self.state.status == DRAFT:
             await self.commit(decide_lock)
+        was_complete = self.state.status == COMPLETE
         while True:
             if self.state.status == COMPLETE:
+                if not was_complete and self.on_complete is not None:
+                    await self.on_complete(self.state)  # e.g. the intent's pre-ordered outputs
                 return "done"
             if self.state.status == ABANDONED:
                 return "abandoned"
@@ -422,7 +429,9 @@ class Supervisor:
         config: GenerationConfig,
         owner: str | None = None,
         narrator: Narrator | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> None:
+        self.on_complete = on_complete
         self.store = store
         self.pool = pool
         self.provider = provider
@@ -488,7 +497,13 @@ class Supervisor:
 
     async def _work(self, lesson_id: str) -> None:
         worker = LessonWorker(
-            lesson_id, self.store, self.pool, self.provider, self.config, self.narrator
+            lesson_id,
+            self.store,
+            self.pool,
+            self.provider,
+            self.config,
+            self.narrator,
+            self.on_complete,
         )
         outcome: str | None = None
         try:

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import orjson
+import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from commands import moderation, providers, ratelimit, spendcap
 from commands.assets import Assets, content_hash
-from commands.errors import Conflict, InvalidInput
+from commands.assetstore import AssetStoreError
+from commands.errors import CommandError, Conflict, InvalidInput
 from commands.lesson_service import load_owned
 from commands.lessons import COMPLETE, READY, LessonState, run_event
 from commands.narration import Narrator
@@ -38,12 +40,14 @@ from commands.plan import provider_failure
 from commands.providers import MAKEME_OUTPUTS, BeatBrief, LessonBrief, Provider, Tier
 from commands.ratelimit import Bucket, RateLimits
 from commands.sessions import Principal
+from eventstore.errors import StoreError
 from eventstore.events import CacheHit, DomainEvent, InteractionRecorded
-from eventstore.ids import new_id
+from eventstore.ids import new_id, new_trace_id
 from eventstore.settings import Settings
 from eventstore.store import EventMeta, EventStore, NewEvent
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 MAX_REQUEST_CHARS = 500
 DEEP_KINDS = frozenset({"derivation"})
@@ -66,6 +70,19 @@ class MediaDeps(Protocol):
     def narrator(self) -> Narrator: ...
     @property
     def limits(self) -> RateLimits: ...
+
+
+@dataclass(frozen=True)
+class MediaServices:
+    """A MediaDeps built by hand (the app's lifespan) until bootstrap's Deps carries these."""
+
+    settings: Settings
+    pool: Pool
+    store: EventStore
+    provider: Provider
+    assets: Assets
+    narrator: Narrator
+    limits: RateLimits
 
 
 @dataclass(frozen=True)
@@ -375,6 +392,33 @@ async def make_output(
         [*events, _interaction("makeme", {"output": output}, response, None)],
     )
     return answer
+
+
+def preordered(state: LessonState) -> list[str]:
+    """The make-me outputs the setup intent asked for (`advanced.outputs`), known ones only."""
+    advanced = state.intent.get("advanced")
+    outputs = advanced.get("outputs") if isinstance(advanced, Mapping) else None
+    if not isinstance(outputs, list):
+        return []
+    return [o for o in dict.fromkeys(outputs) if o in MAKEME_OUTPUTS]
+
+
+async def preorder(deps: MediaDeps, state: LessonState) -> None:
+    """Make the intent's pre-ordered outputs of a lesson that just completed.
+
+    Part of the lesson the student already started, so no rate limit; the spend cap still
+    applies. A failure is logged and skipped: the student can still ask for it by hand.
+    """
+    outputs = preordered(state)
+    if not outputs:
+        return
+    caller = Requester(Principal(state.user_id, state.session_id), "", new_trace_id())
+    lesson = lesson_brief(state)
+    for output in outputs:
+        try:
+            await make_output(deps, caller, state.lesson_id, output, lesson)
+        except (CommandError, StoreError, AssetStoreError) as e:
+            log.warning("pre-ordered output not made", output=output, error=str(e))
 
 
 async def _narrated_slides(

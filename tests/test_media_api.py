@@ -17,6 +17,7 @@ from tests.conftest import make_settings
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.elevenlabs_server import API_KEY, FakeElevenLabs, mp3_frames
 from tests.live import serve_app
+from tests.sse import wait_for
 from tests.test_narration import plan_and_stream
 
 
@@ -92,6 +93,7 @@ def test_visualize_stores_an_inert_svg_once(server: str, db_url: str) -> None:
 def test_bad_requests_name_the_field_and_change_nothing(server: str, db_url: str) -> None:
     plan, _, client = plan_and_stream(server, "viz-bad")
     lesson = plan["lesson_id"]
+    wait_for(lambda: runs(db_url, "makeme"))  # the pre-ordered flashcards are in the log
     before = rows(db_url, "SELECT count(*) FROM events")
     try:
         cases = [
@@ -153,6 +155,9 @@ def test_makeme_outputs_are_made_once_per_lesson_and_type(server: str, db_url: s
     plan, events, client = plan_and_stream(server, "makeme-plan")
     total = events[0].data["total_beats"]
     path = f"/v1/lesson/{plan['lesson_id']}/makeme"
+    # The setup intent pre-ordered flashcards: made when the lesson completed.
+    preordered = wait_for(lambda: runs(db_url, "makeme"))
+    assert len(preordered) == 1
     try:
         made = {}
         for output in ("flashcards", "notes", "slides", "quiz", "summary", "mindmap", "video"):

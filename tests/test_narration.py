@@ -172,4 +172,4 @@ def test_offline_mode_has_no_audio(db_url: str, tmp_path: Path) -> None:
     assert body["beat1"]["audio_url"] is None
     assert not [e for e in events if e.event in {"audio_ready", "error"}]
     assert all(e.data["audio_url"] is None for e in events if e.event == "beat_complete")
-    assert not (tmp_path / "assets").exists()
+    assert not (tmp_path / "assets" / "audio").exists()

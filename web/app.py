@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from commands.assets import Assets
 from commands.assetstore import open_asset_store
 from commands.errors import CommandError, ErrorCode, Internal
+from commands.media import MediaServices, preorder
 from commands.narration import open_narrator
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
@@ -28,6 +30,7 @@ from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
 from web import asset_files, health, lessons, media_routes, sessions
 from web.errors import ApiError, error_response
+from web.guardrails import rate_limits
 from web.idempotency import IdempotencyMiddleware
 from web.lesson_runtime import open_provider, open_supervisor
 from web.middleware import RequestContext
@@ -50,7 +53,17 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             provider = open_provider(settings)
             assets = Assets(pool, open_asset_store(settings))
             narrator = open_narrator(settings, assets, store)
-            supervisor = open_supervisor(settings, pool, store, provider, narrator)
+            media_deps = MediaServices(
+                settings, pool, store, provider, assets, narrator, rate_limits(settings)
+            )
+            supervisor = open_supervisor(
+                settings,
+                pool,
+                store,
+                provider,
+                narrator,
+                on_complete=partial(preorder, media_deps),
+            )
             app.state.services = Services(
                 settings=settings,
                 pool=pool,

@@ -7,7 +7,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from commands.generation import GenerationConfig, Supervisor, tier_models
+from commands.generation import CompletionHook, GenerationConfig, Supervisor, tier_models
 from commands.narration import Narrator
 from commands.providers import Provider, ProviderConfig, Tier, make_provider
 from eventstore.settings import Settings
@@ -52,5 +52,13 @@ def open_supervisor(
     store: EventStore,
     provider: Provider,
     narrator: Narrator | None = None,
+    on_complete: CompletionHook | None = None,
 ) -> Supervisor:
-    return Supervisor(pool, store, provider, generation_config(settings), narrator=narrator)
+    return Supervisor(
+        pool,
+        store,
+        provider,
+        generation_config(settings),
+        narrator=narrator,
+        on_complete=on_complete,
+    )

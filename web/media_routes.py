@@ -6,22 +6,13 @@ idempotency middleware before these run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from commands import media
-from commands.assets import Assets
-from commands.narration import Narrator
-from commands.providers import Provider
-from commands.ratelimit import RateLimits
-from eventstore.settings import Settings
-from eventstore.store import EventStore
 from web.body import read_json_object
 from web.client_ip import request_client_ip
 from web.guardrails import rate_limits
@@ -29,20 +20,9 @@ from web.services import services
 from web.sessions import current_principal
 
 
-@dataclass(frozen=True)
-class _Deps:
-    settings: Settings
-    pool: AsyncConnectionPool[AsyncConnection[Any]]
-    store: EventStore
-    provider: Provider
-    assets: Assets
-    narrator: Narrator
-    limits: RateLimits
-
-
-def _deps(request: Request) -> _Deps:
+def _deps(request: Request) -> media.MediaServices:
     svc = services(request)
-    return _Deps(
+    return media.MediaServices(
         svc.settings,
         svc.pool,
         svc.store,
