@@ -14,6 +14,7 @@ runs).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from commands.lessons import (
     plan_json,
     run_event,
 )
+from commands.plan_requests import note_plan_request
 from commands.providers import BeatContent, Plan, PlanRequest, Provider
 from eventstore.errors import translate_errors
 from eventstore.events import JSON
@@ -355,6 +357,7 @@ async def create_lesson(
                 topic_id = row[0] if row else None
     meta = EventMeta(trace_id=trace_id, user_id=who.user_id, session_id=who.session_id)
     key = plan_cache_key(data, fast_model)
+    await note_plan_request(pool, key, fast_model, dataclasses.asdict(data))  # for pre-warm
     cached = await cache_get(pool, key)
     runs: tuple[providers.ModelRun, ...] = ()
     if cached is not None:

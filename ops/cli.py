@@ -38,6 +38,7 @@ from ops import (
     backup_cli,
     bench_eventstore,
     bench_projections,
+    cache_cli,
     events_cli,
     guardrails_cli,
     lessons_cli,
@@ -203,6 +204,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     events_cli.register(sub)
     guardrails_cli.register(sub)
     assets_bucket.register(sub)
+    cache_cli.register(sub)
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)

@@ -76,6 +76,7 @@ def test_visualize_stores_an_inert_svg_once(server: str, db_url: str) -> None:
     finally:
         client.close()
     assert len(runs(db_url, "visualize")) == 2
+    assert rows(db_url, "SELECT asks FROM plan_requests") == [(1,)]  # noted for the pre-warm
     hits = rows(db_url, "SELECT count(*) FROM events WHERE type = 'cache.hit' "
                 "AND payload_json->>'key_kind' = 'viz' AND lesson_id = %s", lesson)  # fmt: skip
     assert hits == [(1,)]

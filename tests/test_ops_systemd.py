@@ -155,3 +155,26 @@ def test_exec_start_is_a_command_the_cli_accepts(name: str) -> None:
     if name == "omnitutor-backup.service":
         assert (args.command, args.backup) == ("backup", "run")
         assert (args.bucket, args.prefix) == ("omnitutor-assets", "backups/")
+
+
+def test_the_timer_starts_the_plan_prewarm_nightly_at_low_priority() -> None:
+    timer = parse_unit(UNITS / "omnitutor-prewarm.timer")
+    assert one(timer, "Timer", "Unit") == "omnitutor-prewarm.service"
+    assert one(timer, "Timer", "Persistent") == "true"
+    result = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=2", one(timer, "Timer", "OnCalendar")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    days = re.findall(r"\w{3} (\d{4}-\d{2}-\d{2}) 03:30:00 UTC", result.stdout)
+    first, second = (date.fromisoformat(d) for d in days[:2])
+    assert (second - first).days == 1
+    service = parse_unit(UNITS / "omnitutor-prewarm.service")
+    assert one(service, "Service", "Type") == "oneshot"
+    assert one(service, "Service", "Nice") == "19"
+    assert one(service, "Service", "IOSchedulingClass") == "idle"
+    args = build_parser(Settings()).parse_args(
+        shlex.split(one(service, "Service", "ExecStart"))[1:]
+    )
+    assert (args.command, args.cache, args.top) == ("cache", "prewarm", 100)
