@@ -39,6 +39,7 @@ bench: venv
 	$(BIN)/omnitutor bench eventstore
 	$(BIN)/omnitutor bench projections
 	$(BIN)/omnitutor bench lessons
+	$(BIN)/omnitutor bench assets
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

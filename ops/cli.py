@@ -36,6 +36,7 @@ from eventstore.settings import Settings
 from ops import (
     assets_bucket,
     backup_cli,
+    bench_assets,
     bench_eventstore,
     bench_projections,
     cache_cli,
@@ -207,6 +208,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     cache_cli.register(sub)
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
+    bench_assets.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)
     return parser
 

@@ -173,3 +173,42 @@ def test_offline_mode_has_no_audio(db_url: str, tmp_path: Path) -> None:
     assert not [e for e in events if e.event in {"audio_ready", "error"}]
     assert all(e.data["audio_url"] is None for e in events if e.event == "beat_complete")
     assert not (tmp_path / "assets" / "audio").exists()
+
+
+@pytest.mark.anyio
+async def test_narrate_for_an_answer_is_cached_and_never_raises(
+    pool: Any, tmp_path: Path, fake_elevenlabs: FakeElevenLabs
+) -> None:
+    from commands.assets import Assets
+    from commands.assetstore import LocalAssetStore
+    from commands.narration import Narrator, narrate
+    from commands.tts import ElevenLabsTTS
+    from eventstore.store import EventMeta, EventStore
+
+    store = EventStore(pool)
+    tts = ElevenLabsTTS(API_KEY, MODEL, base_url=fake_elevenlabs.base_url)
+    narrator = Narrator(Assets(pool, LocalAssetStore(tmp_path)), tts, store, VOICE)
+
+    class Deps:
+        def __init__(self, narrator: Narrator) -> None:
+            self.narrator = narrator
+
+    deps = Deps(narrator)
+    meta = EventMeta(trace_id="req_test")
+    try:
+        first = await narrate(deps, "Springs store energy.", meta)
+        again = await narrate(deps, "Springs store energy.", meta)
+        assert first is not None
+        assert first == again
+        assert len(fake_elevenlabs.requests) == 1
+        assert mp3_frames((tmp_path / first.removeprefix("/assets/")).read_bytes()) > 0
+        fake_elevenlabs.fail_all = True
+        assert await narrate(deps, "A new answer.", meta) is None
+    finally:
+        await narrator.aclose()
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT payload_json->>'status' FROM events WHERE type = 'model_run.recorded' "
+            "ORDER BY position"
+        )
+        assert await cur.fetchall() == [("ok",), ("error",)]
