@@ -86,7 +86,7 @@ class MediaServices:
 
 
 @dataclass(frozen=True)
-class Requester:
+class Caller:
     """Who asks (web builds it from the session cookie)."""
 
     principal: Principal
@@ -103,21 +103,21 @@ class Requester:
 
 @dataclass(frozen=True)
 class Visualize:
-    caller: Requester
+    caller: Caller
     lesson_id: str
     body: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class Animate:
-    caller: Requester
+    caller: Caller
     lesson_id: str
     body: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class MakeMe:
-    caller: Requester
+    caller: Caller
     lesson_id: str
     body: Mapping[str, Any]
 
@@ -213,7 +213,7 @@ def beat_brief(state: LessonState, ord: int) -> tuple[str, BeatBrief]:
 # ---- shared steps ------------------------------------------------------------------------
 
 
-async def _admit(deps: MediaDeps, caller: Requester, lesson_id: str) -> None:
+async def _admit(deps: MediaDeps, caller: Caller, lesson_id: str) -> None:
     await ratelimit.enforce(
         deps.pool,
         deps.store,
@@ -227,7 +227,7 @@ async def _admit(deps: MediaDeps, caller: Requester, lesson_id: str) -> None:
 
 
 async def _before_model(
-    deps: MediaDeps, caller: Requester, lesson_id: str, texts: Mapping[str, str]
+    deps: MediaDeps, caller: Caller, lesson_id: str, texts: Mapping[str, str]
 ) -> None:
     """The guardrails a cache miss passes before its model call: spend cap, moderation."""
     meta = caller.meta()
@@ -246,7 +246,7 @@ async def _before_model(
 
 async def _call(
     deps: MediaDeps,
-    caller: Requester,
+    caller: Caller,
     lesson_id: str,
     beat_ord: int | None,
     call: Callable[[], Awaitable[providers.Result[T]]],
@@ -262,7 +262,7 @@ async def _call(
 
 
 async def _record(
-    deps: MediaDeps, caller: Requester, lesson_id: str, events: Sequence[DomainEvent]
+    deps: MediaDeps, caller: Caller, lesson_id: str, events: Sequence[DomainEvent]
 ) -> None:
     if events:
         meta = caller.meta()
@@ -361,7 +361,7 @@ async def makeme(cmd: MakeMe, deps: MediaDeps) -> MakeMeAnswer:
 
 
 async def make_output(
-    deps: MediaDeps, caller: Requester, lesson_id: str, output: str, lesson: LessonBrief
+    deps: MediaDeps, caller: Caller, lesson_id: str, output: str, lesson: LessonBrief
 ) -> MakeMeAnswer:
     """The make-me output, from the cache or made now (also the pre-order path)."""
     key = content_hash(lesson_id, output)
@@ -412,7 +412,7 @@ async def preorder(deps: MediaDeps, state: LessonState) -> None:
     outputs = preordered(state)
     if not outputs:
         return
-    caller = Requester(Principal(state.user_id, state.session_id), "", new_trace_id())
+    caller = Caller(Principal(state.user_id, state.session_id), "", new_trace_id())
     lesson = lesson_brief(state)
     for output in outputs:
         try:
@@ -422,7 +422,7 @@ async def preorder(deps: MediaDeps, state: LessonState) -> None:
 
 
 async def _narrated_slides(
-    deps: MediaDeps, caller: Requester, lesson_id: str, content: dict[str, Any]
+    deps: MediaDeps, caller: Caller, lesson_id: str, content: dict[str, Any]
 ) -> dict[str, Any]:
     """A video is the slides with one narration clip each (null when narration is off)."""
     slides = content["slides"]

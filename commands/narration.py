@@ -108,7 +108,10 @@ class Narrator:
             result = await self._make(key, text, trace_id, beat_ord)
             future.set_result(result)
             return result
-        except BaseException as e:
+        except asyncio.CancelledError:
+            future.cancel()  # sharers see the cancellation, not a result
+            raise
+        except Exception as e:
             future.set_exception(e)
             future.exception()  # retrieved here, so a future nobody awaited does not warn
             raise

@@ -135,7 +135,7 @@ def cmd_bench_assets(args: argparse.Namespace, settings: Settings) -> int:
         gaps = narration_latency(settings, admin_url, args.lessons, args.tts_delay_ms, args.pace_ms)
     ms = [g * 1000 for g in gaps]
     print(f"beat_complete → audio_ready ({len(ms)} clips, TTS delay {args.tts_delay_ms} ms):")
-    print(f"  p50 {pct(ms, 50):.0f} ms   p99 {pct(ms, 99):.0f} ms   max {max(ms):.0f} ms")
+    print(f"  p50 {pct(ms, 0.5):.0f} ms   p99 {pct(ms, 0.99):.0f} ms   max {max(ms):.0f} ms")
 
     from tests.aws import aws_environment, moto_server
 
@@ -161,7 +161,7 @@ def cmd_bench_assets(args: argparse.Namespace, settings: Settings) -> int:
     for label, (writes, reads) in rates.items():
         print(f"  {label:<11} write {writes:8.0f} obj/s   read {reads:8.0f} obj/s")
     print(
-        f"bench assets: audio_ready p50 {pct(ms, 50):.0f} ms p99 {pct(ms, 99):.0f} ms after "
+        f"bench assets: audio_ready p50 {pct(ms, 0.5):.0f} ms p99 {pct(ms, 0.99):.0f} ms after "
         f"beat_complete; local {rates['local'][0]:.0f} / S3(moto) {rates['s3'][0]:.0f} writes/s "
         f"in {time.perf_counter() - started:.0f}s"
     )

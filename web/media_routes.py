@@ -33,11 +33,11 @@ def _deps(request: Request) -> media.MediaServices:
     )
 
 
-async def _parts(request: Request) -> tuple[media.Requester, str, dict[str, Any]]:
+async def _parts(request: Request) -> tuple[media.Caller, str, dict[str, Any]]:
     principal = await current_principal(request)
     trace_id = str(request.scope["state"]["trace_id"])
     body = await read_json_object(request, services(request).settings.max_body_bytes)
-    caller = media.Requester(principal, request_client_ip(request), trace_id)
+    caller = media.Caller(principal, request_client_ip(request), trace_id)
     return caller, request.path_params["lesson_id"], body
 
 
