@@ -26,6 +26,23 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
 
 
+def error_body(
+    code: str,
+    message: str,
+    *,
+    recoverable: bool,
+    trace_id: str,
+    retry_after_ms: int | None = None,
+) -> dict[str, object]:
+    """The contract's error shape (§11) without `ok`: an SSE `error` event's data, and the
+    envelope of every non-2xx answer once web/ adds `"ok": false`."""
+    body: dict[str, object] = {"code": str(code), "message": message, "recoverable": recoverable}
+    if retry_after_ms is not None:
+        body["retry_after_ms"] = retry_after_ms
+    body["trace_id"] = trace_id
+    return body
+
+
 class CommandError(Exception):
     """A failure with a stable code and a message fit to show the student."""
 

@@ -37,15 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
-from commands import moderation, providers
-from commands.errors import CommandError
-from commands.lessons import (
-    ABANDONED,
-    COMPLETE,
-    DRAFT,
+from commands import lesson_log, moderation, providers
+from commands.errors import CommandError, ErrorCode
+from commands.lesson_model import (
     NEW,
     LessonState,
     Superseded,
@@ -70,30 +65,32 @@ from commands.plan import (
 )
 from commands.providers import Provider, Tier
 from commands.providers.prices import contract_model_name
-from eventstore.errors import StoreError, WrongExpectedSeq, translate_errors
-from eventstore.events import CacheHit, DomainEvent
+from eventstore.database import Pool
+from eventstore.errors import StoreError, translate_errors
+from eventstore.events import ABANDONED, COMPLETE, DRAFT, CacheHit, DomainEvent
 from eventstore.ids import new_id, new_trace_id
 from eventstore.queries import load_queries
-from eventstore.store import EventMeta, EventStore, NewEvent, StoredEvent
+from eventstore.store import EventMeta, EventStore
 
 _Q = load_queries(Path(__file__).parent / "sql" / "lessons.sql")
 log = structlog.get_logger(__name__)
 
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 # Runs once, in the worker that completed the lesson, before its lease is released.
 CompletionHook = Callable[[LessonState], Awaitable[None]]
 MAX_RATE_LIMIT_WAITS = 5
+
 MAX_RETRY_AFTER_S = 30.0
-CONFLICT_RETRIES = 8
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    partial_interval_s: float = 0.5
-    lease_ttl_s: float = 6.0
-    lease_renew_s: float = 0.5
-    poll_s: float = 1.0
-    max_lessons: int = 100
+    """Built from Settings by commands/bootstrap.py (the defaults are written there once)."""
+
+    partial_interval_s: float
+    lease_ttl_s: float
+    lease_renew_s: float
+    poll_s: float
+    max_lessons: int
     # Contract model names per tier, as recorded in beat.started and the beat cache key.
     models: dict[Tier, str] = field(default_factory=dict)
     # Tiers tried in turn for one beat: the streaming tier, then the fast tier as the
@@ -197,23 +194,16 @@ class LessonWorker:
                 session_id=self.state.session_id,
             )
 
-    async def commit(self, decide: Callable[[LessonState], list[DomainEvent]]) -> list[StoredEvent]:
-        """Decide on the current state and append; on a conflict re-read and decide again."""
-        for _ in range(CONFLICT_RETRIES):
-            events = decide(self.state)
-            if not events:
-                return []
-            batch = [NewEvent.of(e, self.meta) for e in events]
-            try:
-                stored = await self.store.append(
-                    self.lesson_id, batch, expected_seq=self.state.version
-                )
-            except WrongExpectedSeq:
-                await self.refresh()
-                continue
-            self.state = fold(stored, self.state)
-            return stored
-        raise Superseded("the lesson kept changing under this worker")
+    async def commit(self, decide: Callable[[LessonState], list[DomainEvent]]) -> None:
+        """Decide on the current state and append (the shared loop: on a conflict it folds
+        what it missed and decides again, which is how a revision or an abandon is noticed)."""
+        _, self.state = await lesson_log.commit(
+            self.store,
+            self.state,
+            decide,
+            self.meta,
+            on_conflict=Superseded("the lesson kept changing under this worker"),
+        )
 
     async def run(self) -> str:
         await self.refresh()
@@ -242,7 +232,8 @@ class LessonWorker:
     async def generate(self, ord: int) -> bool:
         """Generate beat `ord` to completion; False when every attempt failed."""
         state = self.state
-        assert state.plan is not None
+        if state.plan is None:
+            raise Superseded("the lesson has no plan to generate from")
         stream_model = self.config.model(Tier.STREAMING)
         key = beat_cache_key(state.plan, ord, state.level, stream_model)
         beat_id = state.beat(ord).beat_id or new_id()
@@ -357,26 +348,10 @@ class LessonWorker:
         error: providers.ProviderError | None,
         refusal: CommandError | None = None,
     ) -> None:
-        if refusal is not None:
-            code, message, retry = str(refusal.code), refusal.message, refusal.retry_after_ms
-        elif isinstance(error, providers.RateLimited):
-            code, message, retry = (
-                "rate_limited",
-                "Tutor is thinking too hard. Reconnect in a moment to continue.",
-                error.retry_after_ms,
-            )
-        elif isinstance(error, providers.ModelUnavailable | None):
-            code, message, retry = (
-                "model_unavailable",
-                "The tutor's model is unavailable right now. Reconnect soon to continue.",
-                5000,
-            )
-        else:
-            code, message, retry = (
-                "model_unavailable",
-                "The tutor could not write this part of the lesson. Reconnect to try again.",
-                None,
-            )
+        if refusal is None:
+            outage = providers.ModelUnavailable("no tier answered")
+            refusal = providers.as_command_error(error or outage)
+        code, message, retry = stream_error(refusal)
         attempt = self.state.beat(ord).attempt
         await self.commit(
             lambda s: decide_fail_beat(
@@ -389,6 +364,23 @@ class LessonWorker:
                 retry_after_ms=retry,
             )
         )
+
+
+def stream_error(error: CommandError) -> tuple[str, str, int | None]:
+    """(code, message, retry_after_ms) of the stream's recoverable `error` when generation
+    gives up on a beat for now; reconnecting re-arms it."""
+    match error.code:
+        case ErrorCode.RATE_LIMITED:
+            message = "Tutor is thinking too hard. Reconnect in a moment to continue."
+            return str(error.code), message, error.retry_after_ms
+        case ErrorCode.MODEL_UNAVAILABLE if error.retry_after_ms is not None:  # an outage
+            message = "The tutor's model is unavailable right now. Reconnect soon to continue."
+            return str(error.code), message, 5000
+        case ErrorCode.MODEL_UNAVAILABLE | ErrorCode.INTERNAL:  # unusable or refused output
+            message = "The tutor could not write this part of the lesson. Reconnect to try again."
+            return str(ErrorCode.MODEL_UNAVAILABLE), message, None
+        case _:  # moderation refused the beat
+            return str(error.code), error.message, error.retry_after_ms
 
 
 class Coalescer:

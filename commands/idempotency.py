@@ -35,13 +35,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from commands.errors import Conflict, Internal, InvalidInput
+from eventstore.database import Pool
 from eventstore.errors import translate_errors
 from eventstore.queries import load_queries
 
@@ -56,8 +54,6 @@ IN_FLIGHT_LEASE = timedelta(minutes=5)
 IN_FLIGHT_RETRY_MS = 1000
 MAX_KEY_CHARS = 255
 _CLAIM_ATTEMPTS = 5
-
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 @dataclass(frozen=True)

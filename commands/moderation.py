@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Mapping
 
 from commands.errors import ModelUnavailable, RateLimited, Refused
-from commands.lessons import run_event
+from commands.lesson_model import run_event
 from commands.providers import ModelRun, Provider, ProviderError, Verdict
 from commands.providers import RateLimited as ProviderRateLimited
 from eventstore.events import SafetyRefused

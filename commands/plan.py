@@ -6,15 +6,12 @@ dotted path (`intent.advanced.tone`). Accepted values are normalised (trimmed, l
 aliases folded) so that the plan cache key is the same for the same intent however it was
 typed. The allowed values are listed in docs/lessons.md.
 
-`create_lesson` then runs the command: catalog look-up, the plan cache (contracts §5), the
-fast-tier model call on a miss, and one append of the whole opening of the lesson
-(lesson.created, plan.revised #1, beat 1 started and completed, cache.hit or the model
-runs).
+The use case itself (guardrails, the plan cache of contracts §5, the fast-tier call on a
+miss, one append of the lesson's opening) is `create_plan` in commands/handlers/lessons.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping
@@ -23,26 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
-from commands import moderation, providers
-from commands.errors import CommandError, Internal, InvalidInput, ModelUnavailable, RateLimited
-from commands.lessons import (
-    LessonState,
-    NewLesson,
-    decide_create,
-    plan_from_json,
-    plan_json,
-    run_event,
-)
-from commands.plan_requests import note_plan_request
-from commands.providers import BeatContent, Plan, PlanRequest, Provider
+from commands.errors import InvalidInput
+from commands.providers import BeatContent, Plan, PlanRequest
+from eventstore.database import Pool
 from eventstore.errors import translate_errors
 from eventstore.events import JSON
-from eventstore.ids import new_id
 from eventstore.queries import load_queries
-from eventstore.store import EventMeta, EventStore, NewEvent
 
 _Q = load_queries(Path(__file__).parent / "sql" / "lessons.sql")
 
@@ -263,8 +247,6 @@ def beat_cache_key(plan: JSON, ord: int, level: str, model: str) -> str:
 
 # ---- the cache table ---------------------------------------------------------------------
 
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
-
 
 async def cache_get(pool: Pool, key: str) -> tuple[str, JSON] | None:
     with translate_errors():
@@ -290,40 +272,19 @@ def beat_from_cache(payload: Mapping[str, Any]) -> BeatContent:
     )
 
 
-# ---- the command -------------------------------------------------------------------------
+# ---- the catalog ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Requester:
-    user_id: str
-    session_id: str
-
-
-@dataclass(frozen=True)
-class PlanCreated:
-    lesson_id: str
-    plan: Plan
-    beat1_id: str
-    beat1: BeatContent
-    cache_hit: bool
-
-
-def provider_failure(error: providers.ProviderError) -> Exception:
-    """A provider failure as the error the client sees (contracts §11)."""
-    if isinstance(error, providers.RateLimited):
-        return RateLimited(
-            "Tutor is thinking too hard. Try again in a sec.",
-            retry_after_ms=error.retry_after_ms,
-        )
-    if isinstance(error, providers.ModelUnavailable):
-        return ModelUnavailable(
-            "The tutor's model is unavailable right now. Try again soon.", retry_after_ms=2000
-        )
-    if isinstance(error, providers.InvalidOutput):
-        return ModelUnavailable(
-            "The tutor could not put a usable answer together. Try again.", recoverable=True
-        )
-    return Internal("The tutor's model refused the request. Try again later.")
+async def catalog_ids(pool: Pool, subject: str, topic: str) -> tuple[str | None, str | None]:
+    """The canonical subject's id and, if the topic is a canonical one of it, the topic's."""
+    with translate_errors():
+        async with pool.connection() as conn:
+            row = await (await conn.execute(_Q["subject_id"], {"code": subject})).fetchone()
+            if row is None:
+                return None, None
+            params = {"subject_id": row[0], "name": topic}
+            topic_row = await (await conn.execute(_Q["canonical_topic_id"], params)).fetchone()
+    return row[0], topic_row[0] if topic_row else None
 
 
 def output_texts(plan: Plan, beat1: BeatContent) -> dict[str, str]:
@@ -334,81 +295,3 @@ def output_texts(plan: Plan, beat1: BeatContent) -> dict[str, str]:
         "beat1.body": body if isinstance(body, str) else "",
         "beat1.narration": beat1.narration_text,
     }
-
-
-async def create_lesson(
-    pool: Pool,
-    store: EventStore,
-    provider: Provider,
-    fast_model: str,
-    who: Requester,
-    data: PlanInput,
-    trace_id: str,
-) -> PlanCreated:
-    """Plan a new lesson with beat 1 (fast tier or the plan cache) and open its log."""
-    with translate_errors():
-        async with pool.connection() as conn:
-            row = await (await conn.execute(_Q["subject_id"], {"code": data.subject})).fetchone()
-            subject_id = row[0] if row else None
-            topic_id = None
-            if subject_id is not None:
-                params = {"subject_id": subject_id, "name": data.topic}
-                row = await (await conn.execute(_Q["canonical_topic_id"], params)).fetchone()
-                topic_id = row[0] if row else None
-    meta = EventMeta(trace_id=trace_id, user_id=who.user_id, session_id=who.session_id)
-    key = plan_cache_key(data, fast_model)
-    await note_plan_request(pool, key, fast_model, dataclasses.asdict(data))  # for pre-warm
-    cached = await cache_get(pool, key)
-    runs: tuple[providers.ModelRun, ...] = ()
-    if cached is not None:
-        model, payload = cached
-        plan, beat1 = plan_from_json(payload["plan"]), beat_from_cache(payload["beat1"])
-    else:
-        request = plan_request(data.subject, data.topic, data.level, data.intent)
-        try:
-            result = await provider.plan(request)
-        except providers.ProviderError as e:
-            # The calls were made (and may have cost money) though no lesson exists: record
-            # them at session level, then answer with the contract's code.
-            await store.append_unordered(
-                [NewEvent.of(run_event(r, trace_id), meta) for r in e.runs]
-            )
-            raise provider_failure(e) from e
-        plan, beat1 = result.value
-        runs = result.runs
-        try:
-            await moderation.screen(
-                provider, output_texts(plan, beat1), "output", store=store, meta=meta
-            )
-        except CommandError:
-            # No lesson will hold these runs; they cost money all the same.
-            await store.append_unordered([NewEvent.of(run_event(r, trace_id), meta) for r in runs])
-            raise
-        model = runs[-1].model if runs else provider.name
-    lesson_id, beat1_id = new_id(), new_id()
-    lesson = NewLesson(
-        user_id=who.user_id,
-        session_id=who.session_id,
-        subject=data.subject,
-        topic=data.topic,
-        level=data.level,
-        intent=data.intent,
-        subject_id=subject_id,
-        topic_id=topic_id,
-    )
-    events = decide_create(
-        LessonState(lesson_id=lesson_id),
-        lesson,
-        plan,
-        beat1,
-        beat1_id,
-        model=model,
-        runs=runs,
-        trace_id=trace_id,
-        cache_hit=cached is not None,
-    )
-    await store.append(lesson_id, [NewEvent.of(e, meta) for e in events], expected_seq=0)
-    if cached is None:
-        payload = {"plan": plan_json(plan), "beat1": beat_to_cache(beat1)}
-        await cache_put(pool, key, model, payload, PLAN_CACHE_DAYS)
-    return PlanCreated(lesson_id, plan, beat1_id, beat1, cached is not None)

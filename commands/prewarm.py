@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from commands import moderation, providers, spendcap
 from commands.errors import CommandError
-from commands.lessons import plan_json, run_event
+from commands.lesson_model import plan_json, run_event
 from commands.plan import (
     PLAN_CACHE_DAYS,
     PlanInput,

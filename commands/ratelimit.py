@@ -24,14 +24,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
-
 from commands.errors import OverQuota
 from commands.sessions import Principal
+from eventstore.database import Pool
 from eventstore.errors import translate_errors
 from eventstore.events import OverQuotaHit
-from eventstore.queries import load_queries
+from eventstore.queries import load_queries, one_row
 from eventstore.store import EventMeta, EventStore, NewEvent
 
 _Q = load_queries(Path(__file__).parent / "sql" / "ratelimit.sql")
@@ -39,8 +37,6 @@ LOCK_NAMESPACE = 0x0717_0002
 WINDOW = timedelta(hours=1)
 SLICES_PER_WINDOW = 60
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 class Bucket(StrEnum):
@@ -147,9 +143,7 @@ async def hit(
                 _Q["lock_bucket"],
                 {"namespace": LOCK_NAMESPACE, "lock_name": f"{scope}\x1f{key}\x1f{bucket}"},
             )
-            row = await (await conn.execute(_Q["read_slices"], params)).fetchone()
-            assert row is not None  # an aggregate always returns one row
-            now, starts, counts = row
+            now, starts, counts = await one_row(await conn.execute(_Q["read_slices"], params))
             slices = list(zip(starts, counts, strict=True))
             decision = decide(slices, now, limit, limits.window, limits.slice)
             if decision.admitted:

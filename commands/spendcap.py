@@ -17,22 +17,13 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
-
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from commands.errors import OverQuota
+from eventstore import flags
+from eventstore.database import Pool
 from eventstore.errors import translate_errors
 from eventstore.events import OverQuotaHit
-from eventstore.queries import load_queries
-from eventstore.store import EventMeta, EventStore, NewEvent
-
-_Q = load_queries(Path(__file__).parent / "sql" / "spendcap.sql")
-OVER_QUOTA_FLAG = "over_quota"
-
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
+from eventstore.store import EventMeta, EventStore, NewEvent, model_spend_since
 
 
 @dataclass(frozen=True)
@@ -74,13 +65,12 @@ def full_for_the_day(now: datetime) -> OverQuota:
 
 
 async def spend_status(pool: Pool, cap_usd: Decimal, forced: bool = False) -> SpendStatus:
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     with translate_errors():
         async with pool.connection() as conn:
-            cur = await conn.execute(_Q["spend_status"], {"flag": OVER_QUOTA_FLAG})
-            row = await cur.fetchone()
-    assert row is not None  # FROM (SELECT 1) always yields one row
-    spent, flag, reason = row
-    return SpendStatus(Decimal(spent), cap_usd, bool(flag), reason, forced)
+            spent = await model_spend_since(conn, midnight)
+            flag, reason = await flags.get_flag(conn, flags.OVER_QUOTA)
+    return SpendStatus(spent, cap_usd, flag, reason, forced)
 
 
 async def enforce(
@@ -99,9 +89,9 @@ async def enforce(
         if not status.full:
             return
     error = full_for_the_day(now or datetime.now(UTC))
-    assert error.retry_after_ms is not None
+    retry_after_ms = error.retry_after_ms or 0
     await store.append_unordered(
-        [NewEvent.of(OverQuotaHit("global", "spend", error.retry_after_ms), meta)],
+        [NewEvent.of(OverQuotaHit("global", "spend", retry_after_ms), meta)],
         lesson_id=lesson_id,
     )
     raise error
@@ -111,6 +101,4 @@ async def set_flag(pool: Pool, on: bool, reason: str | None = None) -> None:
     """Turn the over-quota flag on or off (by hand, or from the nightly spend job)."""
     with translate_errors():
         async with pool.connection() as conn:
-            await conn.execute(
-                _Q["set_flag"], {"flag": OVER_QUOTA_FLAG, "value": on, "reason": reason}
-            )
+            await flags.set_flag(conn, flags.OVER_QUOTA, on, reason)

@@ -28,6 +28,8 @@ from eventstore.errors import translate_errors
 from eventstore.queries import load_queries
 
 _Q = load_queries(Path(__file__).parent / "sql" / "admin.sql")
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]  # the one pool type every layer passes
 DATABASE_NAME = "omnitutor"
 log = structlog.get_logger(__name__)
 

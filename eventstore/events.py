@@ -5,8 +5,9 @@ payload (snake_case JSON). `TYPE` is the dotted name stored in `events.type` (co
 plus the lesson log's own, DESIGN.md). `VERSION` is the payload shape's version: when a
 shape changes, bump it and add an upcaster to `_UPCASTERS`; stored rows are never rewritten.
 
-The store (eventstore/store.py) moves rows and knows nothing of these classes; `to_payload`
-and `from_stored` are the mapper between the two.
+`to_payload` and `from_payload` are the one mapper between these classes and stored rows:
+the store (eventstore/store.py) appends and reads rows, and builds a class only when a
+caller asks (`NewEvent.of`, `StoredEvent.domain`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
 JSON: TypeAlias = dict[str, Any]
+
+# What the lesson log says a lesson and a beat are (lessons.status and beats.status in the
+# contract's schema): the command side folds them, the projections write them.
+DRAFT, ACTIVE, COMPLETE, ABANDONED = "draft", "active", "complete", "abandoned"
+PENDING, STREAMING, READY, FAILED = "pending", "streaming", "ready", "failed"
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ class Subscription:
         self._registered = False
         self._closed = False
         self._pending: deque[StoredEvent] = deque()  # for __anext__
+        self._primed: list[StoredEvent] = []  # a catch-up read by the caller (prime)
+        self._resyncs_at_open = 0
         self._high = after  # highest key buffered or handed over
 
     # -- called by the hub (synchronous: it never waits for a subscriber) --
@@ -101,6 +103,24 @@ class Subscription:
         if not self._registered and not self._closed:
             self._hub._register(self)
             self._registered = True
+            self._resyncs_at_open = self._resyncs
+
+    def open(self) -> None:
+        """Start receiving live events now (before a read that `prime` will hand over)."""
+        self._open()
+
+    def prime(self, events: Sequence[StoredEvent], after: int) -> None:
+        """Use `events`, read from the log after `open()`, as the catch-up from `after`.
+
+        Whatever was appended after that read reaches the buffer live, so the subscription
+        needs no read of its own (unless the hub asked it to resync in the meantime).
+        """
+        self.cursor = after
+        self._primed = [e for e in events if self._key(e) > after]
+        if self._primed:
+            self._high = max(self._high, self._key(self._primed[-1]))
+        if self._registered and self._resyncs == self._resyncs_at_open:
+            self._behind = False
 
     async def next_batch(
         self,
@@ -111,6 +131,15 @@ class Subscription:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while not self._closed:
+            if self._primed:
+                # In pages, as a read would be: a caller sends each batch before asking for
+                # the next, so a reader that stops reading is noticed at the next send.
+                page, self._primed = self._primed[:PAGE_SIZE], self._primed[PAGE_SIZE:]
+                fresh, _ = self._take(page, from_log=True)
+                self._high = max(self._high, self.cursor)
+                if fresh:
+                    return fresh
+                continue
             if self._behind:
                 resyncs = self._resyncs
                 page = await self._read_log()

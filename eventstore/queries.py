@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import LiteralString, cast
+from typing import Any, LiteralString, cast
+
+from psycopg import AsyncCursor
+
+from eventstore.errors import StoreError
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -26,3 +30,11 @@ def load_queries(path: Path) -> dict[str, LiteralString]:
         # trusted as a literal, which is what psycopg's LiteralString asks for.
         queries[name] = cast(LiteralString, body.strip())
     return queries
+
+
+async def one_row(cur: AsyncCursor[Any]) -> tuple[Any, ...]:
+    """The row a statement always returns (an aggregate, an INSERT … RETURNING of one row)."""
+    row: tuple[Any, ...] | None = await cur.fetchone()
+    if row is None:
+        raise StoreError("expected one row, got none")
+    return row

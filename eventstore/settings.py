@@ -120,51 +120,64 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
+        d = cls()  # the defaults, written once: in the fields above
         return cls(
             database_url=e.get("DATABASE_URL") or None,
-            home=Path(e.get("OMNITUTOR_HOME") or "var"),
-            host=e.get("OMNITUTOR_HOST") or "127.0.0.1",
-            port=_int(e, "OMNITUTOR_PORT", 8790),
+            home=Path(e.get("OMNITUTOR_HOME") or d.home),
+            host=e.get("OMNITUTOR_HOST") or d.host,
+            port=_int(e, "OMNITUTOR_PORT", d.port),
             dev_http=_flag(e.get("OMNITUTOR_DEV_HTTP")),
-            max_body_bytes=_int(e, "OMNITUTOR_MAX_BODY_BYTES", 64 * 1024),
-            log_level=(e.get("OMNITUTOR_LOG_LEVEL") or "info").lower(),
-            log_format=(e.get("OMNITUTOR_LOG_FORMAT") or "auto").lower(),
-            pool_max=_int(e, "OMNITUTOR_POOL_MAX", 10),
-            session_days=_int(e, "OMNITUTOR_SESSION_DAYS", 30),
-            sse_heartbeat_s=_float(e, "OMNITUTOR_SSE_HEARTBEAT_S", 15.0),
-            limit_plan_anon_per_hour=_int(e, "OMNITUTOR_LIMIT_PLAN_ANON_PER_HOUR", 5),
-            limit_ask_anon_per_hour=_int(e, "OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR", 60),
-            limit_plan_user_per_hour=_int(e, "OMNITUTOR_LIMIT_PLAN_USER_PER_HOUR", 30),
-            limit_ask_user_per_hour=_int(e, "OMNITUTOR_LIMIT_ASK_USER_PER_HOUR", 300),
-            limit_viz_anon_per_hour=_int(e, "OMNITUTOR_LIMIT_VIZ_ANON_PER_HOUR", 20),
-            limit_viz_user_per_hour=_int(e, "OMNITUTOR_LIMIT_VIZ_USER_PER_HOUR", 100),
+            max_body_bytes=_int(e, "OMNITUTOR_MAX_BODY_BYTES", d.max_body_bytes),
+            log_level=(e.get("OMNITUTOR_LOG_LEVEL") or d.log_level).lower(),
+            log_format=(e.get("OMNITUTOR_LOG_FORMAT") or d.log_format).lower(),
+            pool_max=_int(e, "OMNITUTOR_POOL_MAX", d.pool_max),
+            session_days=_int(e, "OMNITUTOR_SESSION_DAYS", d.session_days),
+            sse_heartbeat_s=_float(e, "OMNITUTOR_SSE_HEARTBEAT_S", d.sse_heartbeat_s),
+            limit_plan_anon_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_PLAN_ANON_PER_HOUR", d.limit_plan_anon_per_hour
+            ),
+            limit_ask_anon_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR", d.limit_ask_anon_per_hour
+            ),
+            limit_plan_user_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_PLAN_USER_PER_HOUR", d.limit_plan_user_per_hour
+            ),
+            limit_ask_user_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_ASK_USER_PER_HOUR", d.limit_ask_user_per_hour
+            ),
             trusted_proxies=_networks(e, "OMNITUTOR_TRUSTED_PROXIES"),
-            daily_cap_usd=_decimal(e, "OMNITUTOR_DAILY_CAP_USD", Decimal(50)),
+            daily_cap_usd=_decimal(e, "OMNITUTOR_DAILY_CAP_USD", d.daily_cap_usd),
             over_quota_forced=_flag(e.get("OT_OVER_QUOTA")),
             provider=_provider(e),
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
             anthropic_base_url=e.get("ANTHROPIC_BASE_URL") or None,
-            model_fast=e.get("OMNITUTOR_MODEL_FAST") or "claude-haiku-4-5",
-            model_streaming=e.get("OMNITUTOR_MODEL_STREAMING") or "claude-sonnet-4-6",
-            model_deep=e.get("OMNITUTOR_MODEL_DEEP") or "claude-opus-4-7",
-            offline_pace_ms=_int(e, "OMNITUTOR_OFFLINE_PACE_MS", 30),
-            beat_partial_ms=_int(e, "OMNITUTOR_BEAT_PARTIAL_MS", 500),
-            lease_ttl_s=_float(e, "OMNITUTOR_LEASE_TTL_S", 6.0),
-            lease_renew_s=_float(e, "OMNITUTOR_LEASE_RENEW_S", 0.5),
-            supervisor_poll_s=_float(e, "OMNITUTOR_SUPERVISOR_POLL_S", 1.0),
-            max_generations=_int(e, "OMNITUTOR_MAX_GENERATIONS", 100),
-            sse_send_timeout_s=_float(e, "OMNITUTOR_SSE_SEND_TIMEOUT_S", 10.0),
-            sse_retry_ms=_int(e, "OMNITUTOR_SSE_RETRY_MS", 1000),
-            projections_poll_s=_float(e, "OMNITUTOR_PROJECTIONS_POLL_S", 0.5),
+            model_fast=e.get("OMNITUTOR_MODEL_FAST") or d.model_fast,
+            model_streaming=e.get("OMNITUTOR_MODEL_STREAMING") or d.model_streaming,
+            model_deep=e.get("OMNITUTOR_MODEL_DEEP") or d.model_deep,
+            offline_pace_ms=_int(e, "OMNITUTOR_OFFLINE_PACE_MS", d.offline_pace_ms),
+            beat_partial_ms=_int(e, "OMNITUTOR_BEAT_PARTIAL_MS", d.beat_partial_ms),
+            lease_ttl_s=_float(e, "OMNITUTOR_LEASE_TTL_S", d.lease_ttl_s),
+            lease_renew_s=_float(e, "OMNITUTOR_LEASE_RENEW_S", d.lease_renew_s),
+            supervisor_poll_s=_float(e, "OMNITUTOR_SUPERVISOR_POLL_S", d.supervisor_poll_s),
+            max_generations=_int(e, "OMNITUTOR_MAX_GENERATIONS", d.max_generations),
+            sse_send_timeout_s=_float(e, "OMNITUTOR_SSE_SEND_TIMEOUT_S", d.sse_send_timeout_s),
+            sse_retry_ms=_int(e, "OMNITUTOR_SSE_RETRY_MS", d.sse_retry_ms),
+            projections_poll_s=_float(e, "OMNITUTOR_PROJECTIONS_POLL_S", d.projections_poll_s),
+            limit_viz_anon_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_VIZ_ANON_PER_HOUR", d.limit_viz_anon_per_hour
+            ),
+            limit_viz_user_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_VIZ_USER_PER_HOUR", d.limit_viz_user_per_hour
+            ),
             assets_bucket=e.get("OMNITUTOR_ASSETS_BUCKET") or None,
-            assets_prefix=_prefix(e.get("OMNITUTOR_ASSETS_PREFIX") or ""),
+            assets_prefix=_prefix(e.get("OMNITUTOR_ASSETS_PREFIX") or d.assets_prefix),
             assets_base_url=(e.get("OMNITUTOR_ASSETS_BASE_URL") or "").rstrip("/") or None,
             elevenlabs_api_key=e.get("ELEVENLABS_API_KEY") or None,
             elevenlabs_base_url=e.get("ELEVENLABS_BASE_URL") or None,
-            tts_voice_id=e.get("OMNITUTOR_TTS_VOICE_ID") or "21m00Tcm4TlvDq8ikWAM",
-            tts_model=e.get("OMNITUTOR_TTS_MODEL") or "eleven_flash_v2_5",
-            tts_timeout_s=_float(e, "OMNITUTOR_TTS_TIMEOUT_S", 30.0),
-            tts_plan_wait_s=_float(e, "OMNITUTOR_TTS_PLAN_WAIT_S", 3.0),
+            tts_voice_id=e.get("OMNITUTOR_TTS_VOICE_ID") or d.tts_voice_id,
+            tts_model=e.get("OMNITUTOR_TTS_MODEL") or d.tts_model,
+            tts_timeout_s=_float(e, "OMNITUTOR_TTS_TIMEOUT_S", d.tts_timeout_s),
+            tts_plan_wait_s=_float(e, "OMNITUTOR_TTS_PLAN_WAIT_S", d.tts_plan_wait_s),
         )
 
 

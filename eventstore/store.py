@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,34 @@ def _row(r: tuple[Any, ...]) -> StoredEvent:
 
 
 AppendListener = Callable[[Sequence[StoredEvent]], None]
+
+
+# Reads on a connection the caller holds (its transaction, its snapshot): the projections
+# read pages and the head inside the transaction that moves their checkpoint.
+
+
+async def head_position_in(conn: AsyncConnection[Any]) -> int:
+    row = await (await conn.execute(_Q["head_position"])).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def read_types_page(
+    conn: AsyncConnection[Any], after: int, upto: int, types: Iterable[str], limit: int
+) -> list[StoredEvent]:
+    """Events of `types` in (after, upto], in position order, at most `limit`.
+
+    The caller reads `upto` (the head) first: every position up to the head is visible once
+    the head is (the sequencer numbers in contiguous, committed ranges), so a short page
+    means nothing of these types is left up to `upto`.
+    """
+    params = {"after": after, "upto": upto, "types": sorted(types), "limit": limit}
+    cur = await conn.execute(_Q["read_types_page"], params)
+    return list(map(_row, await cur.fetchall()))
+
+
+async def model_spend_since(conn: AsyncConnection[Any], since: datetime) -> Decimal:
+    row = await (await conn.execute(_Q["model_spend_since"], {"since": since})).fetchone()
+    return Decimal(row[0]) if row else Decimal(0)
 
 
 class EventStore:

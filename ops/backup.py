@@ -223,7 +223,8 @@ def run_backup(
     ]
     with tempfile.TemporaryFile() as errors:
         dump = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, env=env)
-        assert dump.stdout is not None
+        if dump.stdout is None:  # stdout=PIPE always gives one
+            raise BackupError("pg_dump started without an output pipe")
 
         def dump_succeeded() -> None:
             if dump.wait() != 0:
@@ -317,7 +318,8 @@ def restore(
         psql = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors, env=env
         )
-        assert psql.stdin is not None
+        if psql.stdin is None:  # stdin=PIPE always gives one
+            raise BackupError("psql started without an input pipe")
         try:
             psql.stdin.write(prelude.encode())
             while chunk := source.read(_CHUNK):

@@ -88,7 +88,8 @@ def _child_main(port: int) -> None:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, "json")
-    assert settings.database_url is not None
+    if settings.database_url is None:
+        raise SystemExit("the bench server needs DATABASE_URL")
     app = create_app(settings, settings.database_url)
     app.router.routes.append(Route("/_bench/stats", stats))
     uvicorn.run(app, host=HOST, port=port, access_log=False, log_level="warning", backlog=16384)

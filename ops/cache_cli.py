@@ -15,12 +15,12 @@ import time
 from typing import Any
 
 from commands import prewarm
+from commands.bootstrap import open_provider
 from commands.generation import tier_models
 from commands.providers import Tier
 from eventstore.database import database_url, open_pool
 from eventstore.settings import Settings
 from eventstore.store import EventStore
-from web.lesson_runtime import open_provider
 
 
 def say(message: str) -> None:

@@ -13,18 +13,14 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from typing import TypeVar
 
 from commands import idempotency, ratelimit, spendcap
-from eventstore.database import database_url, open_pool
+from eventstore.database import Pool, database_url, open_pool
 from eventstore.settings import Settings
 from ops.cli_groups import command_group
 
 T = TypeVar("T")
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 def say(message: str) -> None:

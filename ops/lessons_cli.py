@@ -8,10 +8,10 @@ import sys
 import time
 from typing import Any
 
+from commands.bootstrap import open_provider
 from commands.providers import ProviderError
 from eventstore.settings import Settings
 from ops.cli_groups import Subparsers, command_group
-from web.lesson_runtime import open_provider
 
 
 def say(message: str) -> None:

@@ -24,11 +24,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from eventstore import database
-from eventstore.database import database_url
+from eventstore.database import Pool, database_url
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from ops.cli_groups import command_group
@@ -39,7 +37,6 @@ from projections.rebuild import Rebuild
 from projections.runner import ProjectionRunner
 
 T = TypeVar("T")
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 def say(message: str) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from projections import lessons, model_runs
+from projections import lesson_tables, model_runs
 from projections.core import Projection
 from projections.errors import UnknownProjection
 
-PROJECTIONS: tuple[Projection, ...] = (lessons.PROJECTION, model_runs.PROJECTION)
+PROJECTIONS: tuple[Projection, ...] = (lesson_tables.PROJECTION, model_runs.PROJECTION)
 BY_NAME = {p.name: p for p in PROJECTIONS}
 
 

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
+from eventstore.database import Pool
 from eventstore.errors import translate_errors
 from eventstore.queries import load_queries
 from projections.catalog import BY_NAME, select
 from projections.errors import SkipRefused
 
 _Q = load_queries(Path(__file__).parent / "sql" / "checkpoints.sql")
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 def lock_key(name: str) -> str:

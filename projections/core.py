@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, LiteralString
 
 import orjson
 from psycopg import AsyncConnection, sql
 
-from eventstore.queries import load_queries
 from eventstore.store import StoredEvent
 
 SHADOW_SUFFIX = "_shadow"
@@ -61,30 +59,6 @@ class Projection:
         if event.type not in self.event_types:
             return False
         return event.lesson_seq is not None or event.type not in self.lesson_stream_types
-
-
-_Q = load_queries(Path(__file__).parent / "sql" / "log.sql")
-
-
-async def head_position(conn: Conn) -> int:
-    row = await (await conn.execute(_Q["head_position"])).fetchone()
-    return int(row[0]) if row else 0
-
-
-async def read_page(
-    conn: Conn, after: int, upto: int, types: frozenset[str], limit: int
-) -> list[StoredEvent]:
-    """Events of `types` in (after, upto], in position order, at most `limit`.
-
-    The caller reads `upto` (the head) first: every position up to the head is visible once
-    the head is (the sequencer numbers in contiguous, committed ranges), so a short page
-    means nothing of these types is left up to `upto`.
-    """
-    cur = await conn.execute(
-        _Q["read_page"],
-        {"after": after, "upto": upto, "types": sorted(types), "limit": limit},
-    )
-    return [StoredEvent(*r) for r in await cur.fetchall()]
 
 
 def json_text(value: Any) -> str:

@@ -13,17 +13,15 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
+from eventstore.database import Pool
 from eventstore.errors import translate_errors
 from eventstore.queries import load_queries
 from projections import spend
 from projections.errors import BadCursor
 
 _Q = load_queries(Path(__file__).parent / "sql" / "reads.sql")
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 MAX_PAGE = 100
 
 

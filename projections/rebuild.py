@@ -26,25 +26,27 @@ from typing import Any
 import structlog
 from psycopg import AsyncConnection, sql
 from psycopg import errors as pgerr
-from psycopg_pool import AsyncConnectionPool
 
+from eventstore.database import Pool
 from eventstore.errors import StoreError, translate_errors
 from eventstore.migrations import APP_ROLE
 from eventstore.queries import load_queries
-from eventstore.store import StoredEvent
+from eventstore.store import StoredEvent, head_position_in, read_types_page
 from projections.catalog import select
 from projections.checkpoints import ensure_checkpoints
-from projections.core import SHADOW_SUFFIX, Projection, Tables, head_position, read_page
+from projections.core import SHADOW_SUFFIX, Projection, Tables
 from projections.errors import RebuildBusy, RebuildFailed
 
 _Q = load_queries(Path(__file__).parent / "sql" / "rebuild.sql")
 log = structlog.get_logger(__name__)
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 Conn = AsyncConnection[Any]
 ProgressListener = Callable[[int, int], None]  # (events done, events in all)
 
 SWAP_LOCK_ATTEMPTS = 200
 _ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+
+
+CATCH_UP_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -135,18 +137,22 @@ class Rebuild:
         resumed_from = await self._prepare(conn)
         position, events = resumed_from, 0
         total = 0
-        while True:
-            try:
-                async with conn.transaction():
-                    head = await head_position(conn)
-                    total = max(total, head - resumed_from)
-                    if head - position <= self.page_size:
-                        break  # the tail is applied inside the swap transaction
-                    position, n = await self._page(conn, head)
-                    events += n
-            except _Retry:
-                continue
-            self._progress(position - resumed_from, total)
+        # Catch up in rounds, each to the head as it stood when the round began, so a log
+        # that keeps growing cannot keep the rebuild chasing it: after CATCH_UP_ROUNDS the
+        # swap applies what is left, up to the head it reads once.
+        for _ in range(CATCH_UP_ROUNDS):
+            target = await self._head(conn)
+            total = max(total, target - resumed_from)
+            if target - position <= self.page_size:
+                break  # the tail is applied inside the swap transaction
+            while position < target:
+                try:
+                    async with conn.transaction():
+                        position, n = await self._page(conn, target)
+                        events += n
+                except _Retry:
+                    continue
+                self._progress(position - resumed_from, total)
         while True:
             try:
                 async with conn.transaction():
@@ -173,6 +179,10 @@ class Rebuild:
             rows=rows,
             per_projection_s=dict(self._handler_s),
         )
+
+    async def _head(self, conn: Conn) -> int:
+        async with conn.transaction():
+            return await head_position_in(conn)
 
     def _progress(self, done: int, total: int) -> None:
         if self.on_progress is not None:
@@ -235,7 +245,7 @@ class Rebuild:
         rows = await (await conn.execute(_Q["rebuild_positions"], {"names": self.names})).fetchall()
         position = min(int(r[1]) for r in rows)
         limit = 1 if position < self._careful_until else self.page_size
-        events = await read_page(conn, position, head, self._types, limit)
+        events = await read_types_page(conn, position, head, self._types, limit)
         new_position = int(events[-1].position or 0) if len(events) == limit else head
         skips = await (
             await conn.execute(
@@ -273,8 +283,8 @@ class Rebuild:
         """Catch up and swap the shadows in (inside the caller's transaction)."""
         await conn.execute(_Q["lock_live_checkpoints"], {"names": self.names})
         events = 0
+        head = await head_position_in(conn)  # once: later events are the live runner's
         while True:
-            head = await head_position(conn)
             rows = await (
                 await conn.execute(_Q["rebuild_positions"], {"names": self.names})
             ).fetchall()

@@ -31,18 +31,17 @@ from typing import Any
 import structlog
 from psycopg import AsyncConnection
 from psycopg import errors as pgerr
-from psycopg_pool import AsyncConnectionPool
 
+from eventstore.database import Pool
 from eventstore.errors import DatabaseUnavailable, StoreError, translate_errors
 from eventstore.queries import load_queries
-from eventstore.store import StoredEvent
+from eventstore.store import StoredEvent, head_position_in, read_types_page
 from projections.catalog import select
 from projections.checkpoints import ensure_checkpoints, lock_key
-from projections.core import Projection, Tables, head_position, read_page
+from projections.core import Projection, Tables
 
 _Q = load_queries(Path(__file__).parent / "sql" / "checkpoints.sql")
 log = structlog.get_logger(__name__)
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 AppliedListener = Callable[[str, Sequence[StoredEvent], int], None]
 
 _TRANSIENT = (
@@ -193,10 +192,12 @@ class ProjectionRunner:
                                 if time.monotonic() < self._next_retry.get(p.name, 0.0):
                                     return Step(position=position, state=state)
                                 limit = 1
-                            head = await head_position(conn)
+                            head = await head_position_in(conn)
                             if head <= position:
                                 return Step(position=position, state=state)
-                            events = await read_page(conn, position, head, p.event_types, limit)
+                            events = await read_types_page(
+                                conn, position, head, p.event_types, limit
+                            )
                             new_position = (
                                 int(events[-1].position or 0) if len(events) == limit else head
                             )
@@ -293,10 +294,12 @@ class ProjectionRunner:
                 continue
             try:
                 async with self._lock_mutex:
+                    conn = self._lock_conn
+                    if conn is None:
+                        raise StoreError("the lock connection is gone")
                     with translate_errors():
-                        assert self._lock_conn is not None
-                        await self._lock_conn.execute(_Q["ping"])
-            except (StoreError, AssertionError) as e:
+                        await conn.execute(_Q["ping"])
+            except StoreError as e:
                 log.warning("projection locks lost", error=str(e), owned=sorted(self._owned))
                 await self._drop_locks()
 

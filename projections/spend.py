@@ -2,8 +2,8 @@
 
 `aggregate` recomputes whole days (day × model × purpose) from model_runs, so running it
 twice, or after a late model run, gives the same table; then it sets or clears the
-`over_quota` service flag by comparing today's spend (UTC) with the daily cap. The guardrails
-read the flag with `SELECT value FROM service_flags WHERE name = 'over_quota'`.
+`over_quota` service flag (eventstore/flags.py) by comparing today's spend (UTC) with the
+daily cap; the guardrails refuse new generations while it is on.
 """
 
 from __future__ import annotations
@@ -13,17 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
-
+from eventstore import flags
+from eventstore.database import Pool
 from eventstore.errors import translate_errors
 from eventstore.queries import load_queries
 
 _Q = load_queries(Path(__file__).parent / "sql" / "spend.sql")
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
-OVER_QUOTA = "over_quota"
 
 
 @dataclass(frozen=True)
@@ -83,8 +79,7 @@ async def aggregate(
                 f"spend on {today.isoformat()} is ${today_usd:.2f}, "
                 f"{'at or over' if over else 'under'} the daily cap of ${cap_usd:.2f}"
             )
-            flag = {"name": OVER_QUOTA, "value": over, "reason": reason}
-            await conn.execute(_Q["set_flag"], flag)
+            await flags.set_flag(conn, flags.OVER_QUOTA, over, reason)
             await conn.commit()
     return AggregateResult(tuple(results), today_usd, cap_usd, over)
 
@@ -101,5 +96,5 @@ async def report(pool: Pool, days: int, today: date | None = None) -> list[Spend
 async def over_quota(pool: Pool) -> bool:
     with translate_errors():
         async with pool.connection() as conn:
-            row = await (await conn.execute(_Q["get_flag"], {"name": OVER_QUOTA})).fetchone()
-    return bool(row and row[0])
+            on, _ = await flags.get_flag(conn, flags.OVER_QUOTA)
+    return on

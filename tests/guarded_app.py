@@ -7,6 +7,7 @@ fail that way, so a real HTTP request to the real `POST /v1/plan` can reach ever
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -15,8 +16,10 @@ from typing import Any
 from starlette.applications import Starlette
 
 from commands.providers import (
+    BeatBrief,
     BeatContent,
     DeltaCallback,
+    LessonBrief,
     ModelRun,
     Plan,
     PlanRequest,
@@ -89,6 +92,15 @@ class ScriptedProvider:
     async def hello(self) -> Result[str]:
         return await self._offline.hello()
 
+    async def diagram(self, beat: BeatBrief, request: str, tier: Tier) -> Result[str]:
+        return await self._offline.diagram(beat, request, tier)
+
+    async def simulation(self, beat: BeatBrief, request: str, tier: Tier) -> Result[dict[str, Any]]:
+        return await self._offline.simulation(beat, request, tier)
+
+    async def makeme(self, output: str, lesson: LessonBrief, tier: Tier) -> Result[dict[str, Any]]:
+        return await self._offline.makeme(output, lesson, tier)
+
     async def aclose(self) -> None:
         await self._offline.aclose()
 
@@ -102,8 +114,8 @@ def guarded_app(settings: Settings, database_url: str) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[Any]:
         async with opened(app) as state:
             scripted = ScriptedProvider()
-            app.state.services.provider = scripted
-            app.state.services.supervisor.provider = scripted  # generation uses it too
+            app.state.deps = dataclasses.replace(app.state.deps, provider=scripted)
+            app.state.deps.supervisor.provider = scripted  # generation uses it too
             yield state
 
     app.router.lifespan_context = lifespan

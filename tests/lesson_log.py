@@ -126,18 +126,6 @@ async def digests(
     return out
 
 
-async def wait_until(check: Any, deadline_s: float = 10.0, interval: float = 0.02) -> None:
-    """Poll an async predicate until it holds, or fail at the deadline."""
-    import asyncio
-    import time
-
-    give_up = time.monotonic() + deadline_s
-    while not await check():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"condition not met within {deadline_s}s")
-        await asyncio.sleep(interval)  # polling a condition with a deadline
-
-
 async def checkpoint(pool: AsyncConnectionPool[Any], name: str) -> tuple[int, str, Any, Any]:
     async with pool.connection() as conn:
         cur = await conn.execute(
@@ -152,7 +140,7 @@ async def checkpoint(pool: AsyncConnectionPool[Any], name: str) -> tuple[int, st
 
 async def scalar(pool: AsyncConnectionPool[Any], query: str, *params: Any) -> Any:
     async with pool.connection() as conn:
-        row = await (await conn.execute(query, params)).fetchone()  # type: ignore[arg-type]
+        row = await (await conn.execute(query, params)).fetchone()
     return row[0] if row else None
 
 

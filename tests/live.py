@@ -13,9 +13,9 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from commands.bootstrap import Deps
 from eventstore.settings import Settings
 from web.app import create_app
-from web.services import Services
 
 
 @contextmanager
@@ -26,11 +26,11 @@ def serve_app(settings: Settings, database_url: str, deadline_s: float = 20.0) -
 
 
 @contextmanager
-def serve_with_services(settings: Settings, database_url: str) -> Iterator[tuple[str, Services]]:
+def serve_with_deps(settings: Settings, database_url: str) -> Iterator[tuple[str, Deps]]:
     """As serve_app, and the running app's services, to observe its state from a test."""
     app = create_app(settings, database_url)
     with serve(app) as base_url:
-        yield base_url, app.state.services
+        yield base_url, app.state.deps
 
 
 @contextmanager

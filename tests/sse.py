@@ -20,7 +20,8 @@ class Sse:
 
 
 def parse(lines: Iterator[str]) -> Iterator[Sse]:
-    event, data, id_, retry = "message", [], None, None
+    event, id_, retry = "message", None, None
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data or retry is not None:
@@ -73,17 +74,3 @@ def read_stream(
             if time.monotonic() > give_up:
                 raise TimeoutError(f"stream still open after {deadline_s}s: {events[-3:]}")
         return StreamResult(r.status_code, r.headers, events, True)
-
-
-def wait_for(
-    predicate: Callable[[], Any], deadline_s: float = 20.0, interval_s: float = 0.05
-) -> Any:
-    """Poll `predicate` until it returns something truthy, or fail after `deadline_s`."""
-    give_up = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > give_up:
-            raise TimeoutError("condition not met in time")
-        time.sleep(interval_s)  # polling with a deadline (house rule: no bare sleeps)

@@ -3,11 +3,11 @@ second, even while the owner is between appends (it learns at its next lease ren
 
 from __future__ import annotations
 
+from tests.conditions import seconds_until
 from tests.conftest import make_settings
-from tests.live import serve_with_services, student_client
+from tests.live import serve_with_deps, student_client
 from tests.sse import read_stream
 from tests.test_lessons_flow import PLAN_BODY
-from tests.test_stream_resources import wait_until
 
 
 def test_abandon_through_another_process_stops_the_owner_within_a_second(db_url: str) -> None:
@@ -15,8 +15,8 @@ def test_abandon_through_another_process_stops_the_owner_within_a_second(db_url:
     owner_settings = make_settings(offline_pace_ms=50, beat_partial_ms=30_000)
     other_settings = make_settings(max_generations=0)
     with (
-        serve_with_services(owner_settings, db_url) as (owner_url, owner),
-        serve_with_services(other_settings, db_url) as (other_url, _),
+        serve_with_deps(owner_settings, db_url) as (owner_url, owner),
+        serve_with_deps(other_settings, db_url) as (other_url, _),
         student_client(owner_url, timeout=30) as client,
     ):
         assert client.post("/v1/session").status_code == 201
@@ -24,8 +24,8 @@ def test_abandon_through_another_process_stops_the_owner_within_a_second(db_url:
         read_stream(
             client, lesson_id, stop=lambda events: any(e.event == "plan_ready" for e in events)
         )
-        wait_until(lambda: lesson_id in owner.supervisor.workers, 5, "owner generating")
+        seconds_until(lambda: lesson_id in owner.supervisor.workers, 5, "owner generating")
         with student_client(other_url, timeout=30, cookies=client.cookies) as elsewhere:
             assert elsewhere.post(f"/v1/lesson/{lesson_id}/abandon").status_code == 200
-        stopped = wait_until(lambda: lesson_id not in owner.supervisor.workers, 5, "stopped")
+        stopped = seconds_until(lambda: lesson_id not in owner.supervisor.workers, 5, "stopped")
     assert stopped < 1.0  # the bound: generation stops within a second

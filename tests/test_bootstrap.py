@@ -10,8 +10,8 @@ import pytest
 from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
 
+from eventstore.database import drop_database
 from ops.cli import main
-from tests.conftest import drop_database
 
 
 @pytest.fixture

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pgserver
 import pytest
 
+from tests.conditions import free_port, seconds_until
+
 pytestmark = pytest.mark.slow
 
 PSQL = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def embedded_env(home: Path) -> dict[str, str]:
@@ -33,16 +26,14 @@ def embedded_env(home: Path) -> dict[str, str]:
 
 
 def wait_until_healthy(base: str, proc: subprocess.Popen[bytes], deadline_s: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < deadline_s:
+    def healthy() -> bool:
         assert proc.poll() is None, "server exited early"
         try:
-            if httpx.get(base + "/v1/healthz", timeout=1).status_code == 200:
-                return time.monotonic() - started
+            return httpx.get(base + "/v1/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # the server is starting in another process; poll with a deadline
-    raise AssertionError(f"no healthz within {deadline_s}s")
+            return False
+
+    return seconds_until(healthy, deadline_s, "healthz")
 
 
 def test_serve_without_database_url_uses_the_embedded_server(tmp_path: Path) -> None:

@@ -326,6 +326,6 @@ async def test_read_all_reads_ahead_and_stops_cleanly_when_the_reader_does(
     assert [e.position async for e in store.read_all(3, page_size=4)] == list(range(4, 26))
     reader = store.read_all(0, page_size=4)
     first = [await anext(reader) for _ in range(5)]  # the second page is being read ahead
-    await reader.aclose()
+    await reader.aclose()  # type: ignore[attr-defined]  # an async generator underneath
     assert [e.position for e in first] == [1, 2, 3, 4, 5]
     assert await store.head_position() == 25  # the pool is intact

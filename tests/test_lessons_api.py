@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -12,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conditions import wait_for
 from tests.conftest import make_settings
 from tests.live import serve_app
-from tests.sse import Sse, read_stream, wait_for
+from tests.sse import Sse, read_stream
 from tests.test_lessons_flow import PLAN_BODY, client_for
 
 
@@ -49,6 +51,10 @@ def log_types(db_url: str, lesson_id: str) -> list[str]:
             "SELECT type FROM events WHERE lesson_id = %s ORDER BY lesson_seq", (lesson_id,)
         ).fetchall()
     return [r[0] for r in rows]
+
+
+def has_named(count: int, events: list[Sse]) -> bool:
+    return len(named(events)) >= count
 
 
 def named(events: list[Sse]) -> list[Sse]:
@@ -194,7 +200,7 @@ def test_reconnect_anywhere_assembles_the_same_lesson(
     received: list[Sse] = []
     last_id: str | None = None
     for k in cuts:
-        result = read_stream(client, lesson_id, last_id, stop=lambda evs, k=k: len(named(evs)) >= k)
+        result = read_stream(client, lesson_id, last_id, stop=partial(has_named, k))
         if result.status == 204:
             break
         received += named(result.events)
@@ -219,9 +225,7 @@ def test_live_reconnect_mid_beat(slow_server: str) -> None:
         received: list[Sse] = []
         last_id = None
         for k in (2, 5, 3, 7):
-            part = read_stream(
-                client, lesson_id, last_id, stop=lambda evs, k=k: len(named(evs)) >= k
-            )
+            part = read_stream(client, lesson_id, last_id, stop=partial(has_named, k))
             received += named(part.events)
             last_id = received[-1].id
         rest = read_stream(client, lesson_id, last_id)

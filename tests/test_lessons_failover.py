@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,13 @@ import httpx
 import psycopg
 import pytest
 
+from tests.conditions import free_port, wait_for
 from tests.live import student_client
-from tests.sse import Sse, read_stream, wait_for
+from tests.sse import Sse, read_stream
 from tests.test_lessons_api import body_with, durable, named
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -13,11 +13,11 @@ import pytest
 
 from commands.simulation import run
 from commands.svg import SVG_NS, elements
+from tests.conditions import wait_for
 from tests.conftest import make_settings
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.elevenlabs_server import API_KEY, FakeElevenLabs, mp3_frames
 from tests.live import serve_app
-from tests.sse import wait_for
 from tests.test_narration import plan_and_stream
 
 
@@ -30,7 +30,7 @@ def server(db_url: str, tmp_path: Path) -> Iterator[str]:
 
 def rows(db_url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(db_url) as conn:
-        return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(query, params).fetchall()
 
 
 def runs(db_url: str, purpose: str) -> list[dict[str, Any]]:
@@ -97,7 +97,7 @@ def test_bad_requests_name_the_field_and_change_nothing(server: str, db_url: str
     wait_for(lambda: runs(db_url, "makeme"))  # the pre-ordered flashcards are in the log
     before = rows(db_url, "SELECT count(*) FROM events")
     try:
-        cases = [
+        cases: list[tuple[str, dict[str, Any], str]] = [
             ("visualize", {"beat_ord": "2"}, "beat_ord"),
             ("visualize", {"beat_ord": 0}, "beat_ord"),
             ("visualize", {"beat_ord": 2, "request": 7}, "request"),

@@ -60,7 +60,7 @@ def s3() -> Any:
 def new_bucket(request: pytest.FixtureRequest) -> str:
     name = "ot-" + request.node.name.lower().replace("_", "-")[:50].strip("-")
     s3().create_bucket(Bucket=name)
-    return name
+    return str(name)
 
 
 def event_log(url: str) -> list[tuple[Any, ...]]:
@@ -426,7 +426,7 @@ def app_role_url(pg_admin_url: str, db_url: str) -> Iterator[str]:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
-                sql.Identifier(psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]),
+                sql.Identifier(str(psycopg.conninfo.conninfo_to_dict(db_url)["dbname"])),
                 sql.Identifier(role)))  # fmt: skip
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 

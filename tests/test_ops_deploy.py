@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from eventstore.migrations import MIGRATIONS
-from tests.test_ops_nginx import free_port
+from tests.conditions import free_port
 
 pytestmark = pytest.mark.slow
 

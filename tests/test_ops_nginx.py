@@ -14,7 +14,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pytest
 
 from eventstore.settings import Settings
 from tests import live
+from tests.conditions import free_port, wait_for
 from tests.conftest import make_settings
 from web.app import create_app
 
@@ -36,13 +36,6 @@ SITE = ROOT / "ops" / "nginx" / "omnitutor.conf"
 HOST = "omnitutor.ai"
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def substitute(text: str, old: str, new: str) -> str:
@@ -109,15 +102,16 @@ def nginx_command(prefix: Path, conf: Path, *extra: str) -> list[str]:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline_s: float = 10) -> None:
-    give_up = time.monotonic() + deadline_s
-    while True:
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited before listening on {port}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
         except OSError:
-            if process.poll() is not None or time.monotonic() > give_up:
-                raise RuntimeError(f"nginx did not start listening on {port}") from None
-            time.sleep(0.02)  # polling a port; there is nothing to wait on
+            return False
+        return True
+
+    wait_for(listening, deadline_s, what=f"nginx listening on {port}")
 
 
 @contextmanager

@@ -27,7 +27,8 @@ def steps(job: str) -> list[dict[str, Any]]:
 
 def test_runs_on_every_push_to_main() -> None:
     wf = workflow()
-    on = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` key as true
+    on: Any = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` key as true
+    assert isinstance(on, dict)
     assert on["push"]["branches"] == ["main"]
     assert wf["permissions"] == {"contents": "read"}
     assert wf["concurrency"]["cancel-in-progress"] is False

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import orjson
 import psycopg
 
 from eventstore.ids import new_id
+from tests.conditions import wait_for
 from tests.test_spend import cli
 
 
 def wait_for_readyz(client: httpx.Client, status: int, deadline_s: float = 15) -> httpx.Response:
-    give_up = time.monotonic() + deadline_s
-    while True:
-        r = client.get("/v1/readyz")
-        if r.status_code == status or time.monotonic() > give_up:
-            return r
-        time.sleep(0.05)  # polling the endpoint with a deadline
+    answers: list[httpx.Response] = []
+
+    def answered() -> bool:
+        answers.append(client.get("/v1/readyz"))
+        return answers[-1].status_code == status
+
+    wait_for(answered, deadline_s, 0.05, f"readyz {status}")
+    return answers[-1]
 
 
 def test_readyz_reports_a_poison_event_until_it_is_skipped(live_server: str, db_url: str) -> None:

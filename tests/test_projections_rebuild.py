@@ -6,6 +6,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from eventstore.ids import new_id
+from eventstore.queries import one_row
 from eventstore.store import EventStore
 from projections.rebuild import Rebuild
 from projections.runner import ProjectionRunner
@@ -35,7 +36,8 @@ ORDER BY 1, 2, 3
 async def schema(pool: AsyncConnectionPool[Any]) -> list[tuple[Any, ...]]:
     async with pool.connection() as conn:
         cur = await conn.execute(SCHEMA_SNAPSHOT, {"tables": list(PROJECTED_TABLES)})
-        return await cur.fetchall()
+        rows: list[tuple[Any, ...]] = await cur.fetchall()
+        return rows
 
 
 async def test_rebuild_equals_live_and_keeps_the_schema(pool: AsyncConnectionPool[Any]) -> None:
@@ -90,7 +92,7 @@ async def test_an_interrupted_rebuild_resumes_where_it_stopped(
         await Rebuild(pool, page_size=5, on_progress=interrupt).run()
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT min(position), count(*) FROM projection_rebuilds")
-        stopped_at, rows = await cur.fetchone()  # type: ignore[misc]
+        stopped_at, rows = await one_row(cur)
     assert rows == 2
     assert stopped_at > 0
     assert await digests(pool) == live  # the live tables were never touched

@@ -14,11 +14,12 @@ from eventstore.errors import StoreError
 from eventstore.events import LessonCreated
 from eventstore.ids import new_id
 from eventstore.store import EventMeta, EventStore, NewEvent, StoredEvent
-from projections import checkpoints, lessons
+from projections import checkpoints, lesson_tables
 from projections.core import Conn, Projection, Tables
 from projections.errors import SkipRefused
 from projections.rebuild import Rebuild
 from projections.runner import ProjectionRunner
+from tests.conditions import wait_for_async
 from tests.lesson_log import (
     append_lesson,
     checkpoint,
@@ -27,7 +28,6 @@ from tests.lesson_log import (
     scalar,
     simple_lesson,
     user_and_session,
-    wait_until,
 )
 
 pytestmark = pytest.mark.anyio
@@ -42,13 +42,13 @@ async def test_rows_and_checkpoint_move_together_when_a_transaction_dies_midway(
     await store.sequence()
 
     async def apply_then_die(conn: Conn, tables: Tables, events: Sequence[StoredEvent]) -> None:
-        await lessons.apply(conn, tables, events)  # the rows are written…
+        await lesson_tables.apply(conn, tables, events)  # the rows are written…
         assert await (await conn.execute("SELECT count(*) FROM lessons")).fetchone() == (1,)
         await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # …then it dies
 
     dying = Projection(
-        "lessons", lessons.EVENT_TYPES, lessons.PROJECTION.tables, apply_then_die,
-        lessons.EVENT_TYPES,
+        "lessons", lesson_tables.EVENT_TYPES, lesson_tables.PROJECTION.tables, apply_then_die,
+        lesson_tables.EVENT_TYPES,
     )  # fmt: skip
     with pytest.raises(StoreError):
         await ProjectionRunner(pool, [dying]).step(dying)
@@ -65,7 +65,7 @@ def probe(table: str) -> Projection:
 
     async def apply(conn: Conn, tables: Tables, events: Sequence[StoredEvent]) -> None:
         await conn.execute(
-            tables.render("INSERT INTO {probe} SELECT unnest(%(p)s::bigint[])"),  # type: ignore[arg-type]
+            tables.render("INSERT INTO {probe} SELECT unnest(%(p)s::bigint[])"),
             {"p": [e.position for e in events]},
         )
 
@@ -97,7 +97,7 @@ async def test_two_runners_on_one_database_never_apply_an_event_twice(
         async def caught_up() -> bool:
             return (await checkpoint(pool, "probe"))[0] >= head
 
-        await wait_until(caught_up)
+        await wait_for_async(caught_up)
     finally:
         for t in tasks:
             t.cancel()
@@ -118,7 +118,7 @@ async def test_one_process_owns_a_projection_and_another_takes_over_when_it_dies
     async def a_owns_all() -> bool:
         return a.owned == {"lessons", "model_runs"}
 
-    await wait_until(a_owns_all)
+    await wait_for_async(a_owns_all)
     task_b = asyncio.create_task(b.run())
     try:
         status = {s.name: s for s in await checkpoints.status(pool)}
@@ -131,7 +131,7 @@ async def test_one_process_owns_a_projection_and_another_takes_over_when_it_dies
         async def at_head() -> bool:
             return all(s.position >= head for s in await checkpoints.status(pool))
 
-        await wait_until(at_head)
+        await wait_for_async(at_head)
         assert b.owned == frozenset()  # b waited: a was alive
         task_a.cancel()  # a "dies": its lock connection closes with it
         await asyncio.gather(task_a, return_exceptions=True)
@@ -139,12 +139,12 @@ async def test_one_process_owns_a_projection_and_another_takes_over_when_it_dies
         async def b_owns_all() -> bool:
             return b.owned == {"lessons", "model_runs"}
 
-        await wait_until(b_owns_all)
+        await wait_for_async(b_owns_all)
         await append_lesson(store, new_id(), session_id, simple_lesson(user_id, session_id))
         await store.sequence()
         b.wake()
         head = await store.head_position()
-        await wait_until(at_head)
+        await wait_for_async(at_head)
         assert await scalar(pool, "SELECT count(*) FROM lessons") == 2
     finally:
         for t in (task_a, task_b):
@@ -216,13 +216,13 @@ async def test_a_failed_projection_resumes_by_itself_after_a_fix(
         async def lessons_failed() -> bool:
             return (await checkpoint(pool, "lessons"))[1] == "failed"
 
-        await wait_until(lessons_failed)
+        await wait_for_async(lessons_failed)
         assert "ForeignKeyViolation" in (await checkpoint(pool, "lessons"))[3]
 
         async def model_runs_went_on() -> bool:
             return bool(await scalar(pool, "SELECT count(*) FROM model_runs") == 1)
 
-        await wait_until(model_runs_went_on)
+        await wait_for_async(model_runs_went_on)
         # The fix: the command side's missing session row appears.
         async with pool.connection() as conn:
             await conn.execute(
@@ -232,7 +232,7 @@ async def test_a_failed_projection_resumes_by_itself_after_a_fix(
         async def resumed() -> bool:
             return (await checkpoint(pool, "lessons"))[1:3] == ("running", None)
 
-        await wait_until(resumed)
+        await wait_for_async(resumed)
         assert await scalar(pool, "SELECT count(*) FROM lessons WHERE id = %s", lesson_id) == 1
     finally:
         task.cancel()

@@ -5,38 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
 import pytest
 
+from commands.bootstrap import Deps
 from eventstore.database import open_pool
 from eventstore.events import BeatPartial, BeatStarted
 from eventstore.store import EventMeta, EventStore, NewEvent
+from tests.conditions import seconds_until
 from tests.conftest import make_settings
-from tests.live import serve_with_services, student_client
+from tests.live import serve_with_deps, student_client
 from tests.sse import parse
 from tests.test_lessons_flow import PLAN_BODY
-from web.services import Services
 
 pytestmark = pytest.mark.slow
 
 
-def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> float:
-    """Seconds until `condition` held; fails after `deadline_s`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > deadline_s:
-            raise AssertionError(f"not within {deadline_s}s: {what}")
-        time.sleep(0.01)  # polling server state from outside; there is no event to wait on
-    return time.monotonic() - started
-
-
-def app_server(db_url: str, **overrides: Any) -> AbstractContextManager[tuple[str, Services]]:
-    return serve_with_services(make_settings(**overrides), db_url)
+def app_server(db_url: str, **overrides: Any) -> AbstractContextManager[tuple[str, Deps]]:
+    return serve_with_deps(make_settings(**overrides), db_url)
 
 
 def new_lesson(client: httpx.Client) -> str:
@@ -56,8 +45,8 @@ def test_a_reader_that_disconnects_frees_its_subscription_at_once(db_url: str) -
             events = parse(stream.iter_lines())
             assert next(events).event == "retry"
             assert next(events).event == "plan_ready"
-            wait_until(lambda: svc.hub.subscriber_count == 1, 5, "subscribed")
-        freed_in = wait_until(lambda: svc.hub.subscriber_count == 0, 2, "freed")
+            seconds_until(lambda: svc.hub.subscriber_count == 1, 5, "subscribed")
+        freed_in = seconds_until(lambda: svc.hub.subscriber_count == 0, 2, "freed")
     assert freed_in < 2
 
 
@@ -96,7 +85,7 @@ def test_a_reader_that_stops_reading_is_dropped_without_slowing_the_others(
         asyncio.run(append_backlog(db_url, lesson_id, partials))
         stalled = stalled_reader(base, path, client.cookies["ot_session"])
         try:
-            wait_until(lambda: svc.hub.subscriber_count == 1, 5, "stalled reader in")
+            seconds_until(lambda: svc.hub.subscriber_count == 1, 5, "stalled reader in")
             # Another reader gets the whole backlog while the stalled one is stuck.
             with client.stream("GET", path) as stream:
                 seen = 0
@@ -105,7 +94,7 @@ def test_a_reader_that_stops_reading_is_dropped_without_slowing_the_others(
                     if seen == partials:
                         break
             # The stalled reader is dropped by the server, its socket still open.
-            wait_until(lambda: svc.hub.subscriber_count == 0, 5, "stalled reader dropped")
+            seconds_until(lambda: svc.hub.subscriber_count == 0, 5, "stalled reader dropped")
         finally:
             stalled.close()
     assert seen == partials

@@ -1,7 +1,8 @@
 """The Starlette application: routes, error handlers, and the resources a process holds.
 
 Resources open in the lifespan, never at import: one connection pool, the event store, and
-the per-process sequencer and subscription hub. Handlers reach them through `services(request)`.
+the per-process sequencer, subscription hub and projection runner, and the use cases'
+dependencies (commands/bootstrap.py), which routes reach through `deps(request)`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from functools import partial
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,24 +17,18 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from commands.assets import Assets
-from commands.assetstore import open_asset_store
+from commands.bootstrap import open_deps
 from commands.errors import CommandError, ErrorCode, Internal
-from commands.media import MediaServices, preorder
-from commands.narration import open_narrator
 from eventstore.database import open_pool
 from eventstore.errors import DatabaseUnavailable, StoreError
 from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import asset_files, health, lessons, media_routes, sessions
+from web import asset_files, health, routes, sessions
 from web.errors import ApiError, error_response
-from web.guardrails import rate_limits
 from web.idempotency import IdempotencyMiddleware
-from web.lesson_runtime import open_provider, open_supervisor
 from web.middleware import RequestContext
-from web.services import Services
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
@@ -50,53 +44,30 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 projections.wake()
 
             sequencer = Sequencer(store, on_sequenced=log_moved)
-            provider = open_provider(settings)
-            assets = Assets(pool, open_asset_store(settings))
-            narrator = open_narrator(settings, assets, store)
-            media_deps = MediaServices(
-                settings, pool, store, provider, assets, narrator, rate_limits(settings)
-            )
-            supervisor = open_supervisor(
-                settings,
-                pool,
-                store,
-                provider,
-                narrator,
-                on_complete=partial(preorder, media_deps),
-            )
-            app.state.services = Services(
-                settings=settings,
-                pool=pool,
-                store=store,
-                hub=hub,
-                provider=provider,
-                supervisor=supervisor,
-                assets=assets,
-                narrator=narrator,
-            )
-            tasks = [
-                asyncio.create_task(sequencer.run(), name="sequencer"),
-                asyncio.create_task(hub.run(), name="hub"),
-                asyncio.create_task(supervisor.run(), name="generation-supervisor"),
-                asyncio.create_task(projections.run(), name="projections"),
-            ]
-            try:
-                yield
-            finally:
-                for task in tasks:
-                    task.cancel()
-                # Bounded: a task cancelled inside psycopg's wait can stay cancelling forever
-                # on Python 3.11 (psycopg answers with a server-side cancel and waits again).
-                await asyncio.wait(tasks, timeout=5)
-                await supervisor.aclose()
-                await narrator.aclose()
-                await provider.aclose()
+            async with open_deps(settings, pool, store, hub) as deps:
+                app.state.deps = deps
+                tasks = [
+                    asyncio.create_task(sequencer.run(), name="sequencer"),
+                    asyncio.create_task(hub.run(), name="hub"),
+                    asyncio.create_task(deps.supervisor.run(), name="generation-supervisor"),
+                    asyncio.create_task(projections.run(), name="projections"),
+                ]
+                try:
+                    yield
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    # Bounded: a task cancelled inside psycopg's wait can stay cancelling
+                    # forever on Python 3.11 (psycopg answers with a server-side cancel and
+                    # waits again).
+                    await asyncio.wait(tasks, timeout=5)
 
     def trace_id(request: Request) -> str:
         return str(request.scope.get("state", {}).get("trace_id", ""))
 
     async def on_http_exception(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+        if not isinstance(exc, HTTPException):
+            raise exc
         if exc.status_code == 404:
             err = ApiError(ErrorCode.NOT_FOUND, f"no route for {request.method} {request.url.path}")
         elif exc.status_code == 405:
@@ -111,7 +82,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         return error_response(err, trace_id(request))
 
     async def on_command_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, CommandError)
+        if not isinstance(exc, CommandError):
+            raise exc
         return error_response(exc, trace_id(request))
 
     async def on_store_error(request: Request, exc: Exception) -> Response:
@@ -127,8 +99,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         routes=[
             *health.routes,
             *sessions.routes,
-            *lessons.routes,
-            *media_routes.routes,
+            *routes.routes,
             # The local asset store's files; with a bucket the CDN serves them.
             *([] if settings.assets_bucket else asset_files.routes(settings.home / "assets")),
         ],

@@ -17,7 +17,6 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from eventstore.settings import IPNetwork
-from web.services import services
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN = "unknown"
@@ -66,4 +65,4 @@ def client_ip(peer: str | None, headers: Headers, proxies: Sequence[IPNetwork]) 
 
 def request_client_ip(request: Request) -> str:
     peer = request.client.host if request.client else None
-    return client_ip(peer, request.headers, services(request).settings.trusted_proxies)
+    return client_ip(peer, request.headers, request.app.state.deps.settings.trusted_proxies)

@@ -1,9 +1,10 @@
 """HTTP statuses for the error vocabulary, and the contract's error envelope (§11).
 
 This is the only place a code meets an HTTP status. Every non-2xx answer is
-`error_response()`; every SSE `error` event's data is `sse_error()`; both carry the same
-code, message, recoverable flag, retry_after_ms and trace id, and `error_response()` binds
-the code to the request's log context so the request's summary line carries it too.
+`error_response()`: `"ok": false` and the same body as an SSE `error` event
+(commands/errors.py `error_body`: code, message, recoverable, retry_after_ms, trace id).
+`error_response()` binds the code to the request's log context so the request's summary
+line carries it too.
 
 | code                   | status | when                                                     |
 |------------------------|--------|----------------------------------------------------------|
@@ -30,7 +31,7 @@ import orjson
 import structlog
 from starlette.responses import Response
 
-from commands.errors import CommandError, ErrorCode
+from commands.errors import CommandError, ErrorCode, error_body
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_INPUT: 400,
@@ -73,23 +74,17 @@ class ApiError(CommandError):
 
 
 def envelope(error: CommandError, trace_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "ok": False,
-        "code": str(error.code),
-        "message": error.message,
-        "recoverable": error.recoverable,
-        "trace_id": trace_id,
-    }
-    if error.retry_after_ms is not None:
-        body["retry_after_ms"] = error.retry_after_ms
+    body: dict[str, Any] = {"ok": False}
+    body.update(
+        error_body(
+            error.code,
+            error.message,
+            recoverable=error.recoverable,
+            trace_id=trace_id,
+            retry_after_ms=error.retry_after_ms,
+        )
+    )
     body.update(error.details)
-    return body
-
-
-def sse_error(error: CommandError, trace_id: str) -> dict[str, Any]:
-    """The data of an SSE `error` event (contracts §4): the envelope without `ok`."""
-    body = envelope(error, trace_id)
-    del body["ok"]
     return body
 
 

@@ -13,7 +13,7 @@ from eventstore.errors import StoreError
 from eventstore.migrations import MIGRATIONS, applied_checksums, problems
 from projections.checkpoints import failures
 from web.errors import error_response
-from web.services import services
+from web.requests import deps
 
 
 async def healthz(request: Request) -> Response:
@@ -25,13 +25,13 @@ async def readyz(request: Request) -> Response:
     """Ready: the database answers and every migration is applied, unchanged."""
     checks: dict[str, str] = {}
     try:
-        async with services(request).pool.connection(timeout=5) as conn:
+        async with deps(request).pool.connection(timeout=5) as conn:
             applied = await applied_checksums(conn)
         checks["database"] = "ok"
         issues = problems(applied, MIGRATIONS)
         checks["migrations"] = "; ".join(issues) if issues else "ok"
         if not issues:
-            failed = await failures(services(request).pool)
+            failed = await failures(deps(request).pool)
             checks["projections"] = (
                 "; ".join(
                     f"{f.name} failed at position {f.failed_position}: {f.error}" for f in failed

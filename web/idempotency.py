@@ -34,12 +34,12 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands import idempotency
+from commands.bootstrap import Deps
 from commands.errors import CommandError, ErrorCode, Internal, Unauthorized
 from commands.sessions import authenticate
 from eventstore.errors import DatabaseUnavailable, StoreError
 from web.errors import ApiError, error_response
-from web.services import Services
-from web.sessions import COOKIE
+from web.requests import COOKIE
 
 log = structlog.get_logger("omnitutor.idempotency")
 
@@ -66,7 +66,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         trace_id = str(scope.get("state", {}).get("trace_id", ""))
-        svc: Services = scope["app"].state.services
+        svc: Deps = scope["app"].state.deps
         try:
             key = idempotency.validate_key(raw_key)
             try:
@@ -76,6 +76,7 @@ class IdempotencyMiddleware:
                     raise
                 await self.app(scope, receive, send)
                 return
+            scope.setdefault("state", {})["principal"] = principal  # routes reuse it
             structlog.contextvars.bind_contextvars(
                 user_id=principal.user_id, session_id=principal.session_id
             )
@@ -106,7 +107,7 @@ class IdempotencyMiddleware:
         self,
         claim: idempotency.Claim,
         body: bytes,
-        svc: Services,
+        svc: Deps,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -153,7 +154,7 @@ class IdempotencyMiddleware:
             # The answer is already sent; the key stays in flight until its lease ends.
             log.error("idempotency: could not store the answer", error=str(e))
 
-    async def _release(self, svc: Services, claim: idempotency.Claim) -> None:
+    async def _release(self, svc: Deps, claim: idempotency.Claim) -> None:
         try:
             await idempotency.release(svc.pool, claim)
         except StoreError as e:

@@ -8,15 +8,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from commands.errors import InvalidInput
-from commands.sessions import Principal, authenticate, open_session
+from commands.sessions import open_session
 from web.body import read_json_object
-from web.services import services
-
-COOKIE = "ot_session"
+from web.requests import COOKIE, deps
 
 
 async def create_or_refresh(request: Request) -> Response:
-    svc = services(request)
+    svc = deps(request)
     body = await read_json_object(request, svc.settings.max_body_bytes, optional=True)
     unknown = set(body) - {"client_meta"}
     if unknown:
@@ -51,15 +49,6 @@ async def create_or_refresh(request: Request) -> Response:
         secure=not svc.settings.dev_http,
     )
     return response
-
-
-async def current_principal(request: Request) -> Principal:
-    """The caller's session, or Unauthorized; binds user and session to the log context."""
-    principal = await authenticate(services(request).pool, request.cookies.get(COOKIE))
-    structlog.contextvars.bind_contextvars(
-        user_id=principal.user_id, session_id=principal.session_id
-    )
-    return principal
 
 
 routes = [Route("/v1/session", create_or_refresh, methods=["POST"])]

@@ -21,6 +21,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
+from commands import errors
+from commands.errors import CommandError
+
 __all__ = [
     "BEAT_KINDS",
     "MAKEME_OUTPUTS",
@@ -270,3 +273,21 @@ def make_provider(config: ProviderConfig) -> Provider:
 
         return AnthropicProvider(config)
     raise ValueError(f"unknown provider kind {config.kind!r}; expected 'offline' or 'anthropic'")
+
+
+def as_command_error(error: ProviderError) -> CommandError:
+    """A provider failure as the error vocabulary's code (contracts §11): the one mapping."""
+    if isinstance(error, RateLimited):
+        return errors.RateLimited(
+            "Tutor is thinking too hard. Try again in a sec.",
+            retry_after_ms=error.retry_after_ms,
+        )
+    if isinstance(error, ModelUnavailable):
+        return errors.ModelUnavailable(
+            "The tutor's model is unavailable right now. Try again soon.", retry_after_ms=2000
+        )
+    if isinstance(error, InvalidOutput):
+        return errors.ModelUnavailable(
+            "The tutor could not put a usable answer together. Try again.", recoverable=True
+        )
+    return errors.Internal("The tutor's model refused the request. Try again later.")

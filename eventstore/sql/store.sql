@@ -83,3 +83,20 @@ SELECT coalesce(max(position), 0) FROM events;
 -- One sequencer pass (schema_v4.sql): number up to `batch` committed, unnumbered rows after
 -- the current maximum, in insert order, under the sequencer's advisory lock; NOTIFY once.
 SELECT numbered, head FROM events_sequence(%(key)s, %(limit)s, %(channel)s);
+
+-- name: read_types_page
+-- Events of some types in (after, upto], in position order (projections read in their own
+-- transaction, against a head they read first).
+SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
+       payload_json, metadata_json, ts
+FROM events
+WHERE position > %(after)s AND position <= %(upto)s AND type = ANY(%(types)s::text[])
+ORDER BY position
+LIMIT %(limit)s;
+
+-- name: model_spend_since
+-- What the model runs recorded since a time cost (the spend cap's "today so far"). The
+-- daily aggregate lags by design; the cap must not.
+SELECT coalesce(sum((payload_json ->> 'cost_usd')::numeric), 0)
+FROM events
+WHERE type = 'model_run.recorded' AND ts >= %(since)s;

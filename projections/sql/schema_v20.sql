@@ -91,13 +91,3 @@ CREATE TABLE spend_daily (
   updated_at        TIMESTAMPTZ NOT NULL DEFAULT NOW(),
   PRIMARY KEY (day, model, purpose)
 );
-
--- Service-wide switches. 'over_quota' is set by the spend job when today's spend reaches
--- OMNITUTOR_DAILY_CAP_USD; the guardrails read `SELECT value FROM service_flags WHERE name =
--- 'over_quota'`.
-CREATE TABLE IF NOT EXISTS service_flags (  -- also made by v11 (guardrails), same shape
-  name       TEXT PRIMARY KEY,
-  value      BOOLEAN NOT NULL,
-  reason     TEXT,
-  updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
-);

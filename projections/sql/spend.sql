@@ -20,15 +20,6 @@ SELECT coalesce(sum(cost_usd), 0) FROM model_runs
 WHERE ts >= (%(day)s::date)::timestamp AT TIME ZONE 'UTC'
   AND ts < ((%(day)s::date) + 1)::timestamp AT TIME ZONE 'UTC';
 
--- name: set_flag
-INSERT INTO service_flags (name, value, reason, updated_at)
-VALUES (%(name)s, %(value)s, %(reason)s, clock_timestamp())
-ON CONFLICT (name) DO UPDATE
-SET value = EXCLUDED.value, reason = EXCLUDED.reason, updated_at = EXCLUDED.updated_at;
-
--- name: get_flag
-SELECT value, reason, updated_at FROM service_flags WHERE name = %(name)s;
-
 -- name: report
 SELECT day, model, purpose, runs, prompt_tokens, completion_tokens, cost_usd
 FROM spend_daily

@@ -30,6 +30,13 @@ from typing import Any
 import orjson
 
 from eventstore.events import (
+    ABANDONED,
+    ACTIVE,
+    COMPLETE,
+    DRAFT,
+    FAILED,
+    READY,
+    STREAMING,
     AudioReady,
     BeatCompleted,
     BeatFailed,
@@ -49,9 +56,7 @@ from projections.errors import EventNotApplicable
 
 _Q = load_queries(Path(__file__).parent / "sql" / "lessons.sql")
 
-DRAFT, ACTIVE, COMPLETE, ABANDONED = "draft", "active", "complete", "abandoned"
 ENDED = frozenset({COMPLETE, ABANDONED})
-STREAMING, READY, FAILED = "streaming", "ready", "failed"
 EMPTY_JSON = "{}"
 
 

@@ -25,7 +25,15 @@ from typing import Any
 from commands.errors import Conflict, NotFound
 from commands.providers import BeatContent, ModelRun, Plan, PlanBeat
 from eventstore.events import (
+    ABANDONED,
+    ACTIVE,
+    COMPLETE,
+    DRAFT,
+    FAILED,
     JSON,
+    PENDING,
+    READY,
+    STREAMING,
     AudioReady,
     BeatCompleted,
     BeatFailed,
@@ -45,11 +53,8 @@ from eventstore.events import (
 from eventstore.ids import new_id
 from eventstore.store import StoredEvent
 
-# Lesson statuses (contracts §2), plus `new` for a lesson with no events.
-NEW, DRAFT, ACTIVE, COMPLETE, ABANDONED = "new", "draft", "active", "complete", "abandoned"
+NEW = "new"  # a lesson with no events yet; the other statuses are the log's (events.py)
 TERMINAL = frozenset({COMPLETE, ABANDONED})
-# Beat statuses (beats.status in schema v0).
-PENDING, STREAMING, READY, FAILED = "pending", "streaming", "ready", "failed"
 
 
 class Superseded(Conflict):
@@ -70,6 +75,14 @@ class BeatState:
     audio_url: str | None = None
     partial_text: str = ""  # deltas of the current attempt; dropped once the beat is ready
     started_seq: int = 0  # seq of the event that began the current attempt
+    completed_seq: int = 0  # seq of beat.completed (0 while not ready)
+
+    @property
+    def catch_up_from(self) -> int:
+        """The first seq of this beat's partials worth replaying to a catching-up reader:
+        none of a complete beat (beat_complete carries it whole), and only the current
+        attempt's of a beat being (re)generated."""
+        return self.completed_seq if self.status == READY else self.started_seq
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,7 @@ class LessonState:
     plan: JSON | None = None  # the latest revision: {summary, beats, after}
     revision_num: int = 0
     locked_seq: int = 0  # seq of plan.locked (0: not locked)
+    locked_plan: JSON | None = None  # the plan as it was locked (the first plan_ready)
     beats: tuple[BeatState, ...] = ()
     model_costs: Mapping[str, Decimal] = field(default_factory=dict)
     created_at: datetime | None = None
@@ -109,6 +123,11 @@ class LessonState:
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def last_start_seq(self) -> int:
+        """seq of the latest beat (re)start: generation's errors before it are history."""
+        return max((b.started_seq for b in self.beats), default=0)
 
     def next_beat(self) -> BeatState | None:
         """The first beat that is not ready: where generation starts or resumes."""
@@ -168,7 +187,7 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
                 beats=_beats_of(event.plan, s.beats),
             )
         case PlanLocked():
-            return replace(s, status=ACTIVE, locked_seq=seq, locked_at=ts)
+            return replace(s, status=ACTIVE, locked_seq=seq, locked_at=ts, locked_plan=s.plan)
         case BeatStarted():
             b = s.beat(event.ord)
             return _with_beat(
@@ -202,6 +221,7 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
                 narration_text=event.narration_text,
                 audio_url=event.audio_url,
                 partial_text="",
+                completed_seq=seq,
             )
         case BeatFailed():
             return _with_beat(s, event.ord, status=FAILED)
@@ -370,6 +390,13 @@ def _require_attempt(state: LessonState, ord: int, attempt: int) -> BeatState:
     return b
 
 
+def _started_id(beat: BeatState) -> str:
+    """A streaming beat's id, which its beat.started gave it."""
+    if beat.beat_id is None:
+        raise Superseded(f"beat {beat.ord} was never started")
+    return beat.beat_id
+
+
 def decide_partial(state: LessonState, ord: int, attempt: int, delta: str) -> list[DomainEvent]:
     _require_attempt(state, ord, attempt)
     return [BeatPartial(ord=ord, content_delta=delta)] if delta else []
@@ -394,11 +421,10 @@ def decide_complete_beat(
     events: list[DomainEvent] = [*prefix]
     if final_delta:
         events.append(BeatPartial(ord=ord, content_delta=final_delta))
-    assert b.beat_id is not None  # set by beat.started
     events.append(
         BeatCompleted(
             ord=ord,
-            beat_id=b.beat_id,
+            beat_id=_started_id(b),
             kind=b.kind,
             content_json=content.content_json,
             narration_text=content.narration_text,
@@ -441,10 +467,9 @@ def decide_fail_beat(
 ) -> list[DomainEvent]:
     """Generation gives up on beat `ord` for now: the stream shows a recoverable error."""
     b = _require_attempt(state, ord, attempt)
-    assert b.beat_id is not None
     return [
         *prefix,
-        BeatFailed(ord=ord, beat_id=b.beat_id, code=code, message=message),
+        BeatFailed(ord=ord, beat_id=_started_id(b), code=code, message=message),
         ErrorRaised(
             code=code,
             message=message,

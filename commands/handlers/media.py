@@ -22,104 +22,33 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import structlog
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
-from commands import moderation, providers, ratelimit, spendcap
-from commands.assets import Assets, content_hash
+from commands import providers
+from commands.assets import content_hash
 from commands.assetstore import AssetStoreError
 from commands.errors import CommandError, Conflict, InvalidInput
-from commands.lesson_service import load_owned
-from commands.lessons import COMPLETE, READY, LessonState, run_event
-from commands.narration import Narrator
-from commands.plan import provider_failure
-from commands.providers import MAKEME_OUTPUTS, BeatBrief, LessonBrief, Provider, Tier
-from commands.ratelimit import Bucket, RateLimits
-from commands.sessions import Principal
+from commands.guardrails import admit, enforce_spend_cap, screen_input
+from commands.lesson_log import load_owned
+from commands.lesson_model import LessonState, run_event
+from commands.messages import Animate, Caller, MakeMe, Visualize
+from commands.providers import MAKEME_OUTPUTS, BeatBrief, LessonBrief, Tier
+from commands.ratelimit import Bucket
 from eventstore.errors import StoreError
-from eventstore.events import CacheHit, DomainEvent, InteractionRecorded
+from eventstore.events import COMPLETE, READY, CacheHit, DomainEvent, InteractionRecorded
 from eventstore.ids import new_id, new_trace_id
-from eventstore.settings import Settings
-from eventstore.store import EventMeta, EventStore, NewEvent
+from eventstore.store import NewEvent
+
+if TYPE_CHECKING:  # bootstrap builds the supervisor's completion hook from this module
+    from commands.bootstrap import Deps
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 MAX_REQUEST_CHARS = 500
 DEEP_KINDS = frozenset({"derivation"})
-
-
-class MediaDeps(Protocol):
-    """What these handlers use of commands/bootstrap.py's Deps."""
-
-    @property
-    def settings(self) -> Settings: ...
-    @property
-    def pool(self) -> Pool: ...
-    @property
-    def store(self) -> EventStore: ...
-    @property
-    def provider(self) -> Provider: ...
-    @property
-    def assets(self) -> Assets: ...
-    @property
-    def narrator(self) -> Narrator: ...
-    @property
-    def limits(self) -> RateLimits: ...
-
-
-@dataclass(frozen=True)
-class MediaServices:
-    """A MediaDeps built by hand (the app's lifespan) until bootstrap's Deps carries these."""
-
-    settings: Settings
-    pool: Pool
-    store: EventStore
-    provider: Provider
-    assets: Assets
-    narrator: Narrator
-    limits: RateLimits
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks (web builds it from the session cookie)."""
-
-    principal: Principal
-    client_ip: str
-    trace_id: str
-
-    def meta(self) -> EventMeta:
-        return EventMeta(
-            trace_id=self.trace_id or None,
-            user_id=self.principal.user_id,
-            session_id=self.principal.session_id,
-        )
-
-
-@dataclass(frozen=True)
-class Visualize:
-    caller: Caller
-    lesson_id: str
-    body: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Animate:
-    caller: Caller
-    lesson_id: str
-    body: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class MakeMe:
-    caller: Caller
-    lesson_id: str
-    body: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -213,39 +142,16 @@ def beat_brief(state: LessonState, ord: int) -> tuple[str, BeatBrief]:
 # ---- shared steps ------------------------------------------------------------------------
 
 
-async def _admit(deps: MediaDeps, caller: Caller, lesson_id: str) -> None:
-    await ratelimit.enforce(
-        deps.pool,
-        deps.store,
-        bucket=Bucket.VIZ,
-        principal=caller.principal,
-        client_ip=caller.client_ip,
-        limits=deps.limits,
-        meta=caller.meta(),
-        lesson_id=lesson_id,
-    )
-
-
 async def _before_model(
-    deps: MediaDeps, caller: Caller, lesson_id: str, texts: Mapping[str, str]
+    deps: Deps, caller: Caller, lesson_id: str, texts: Mapping[str, str]
 ) -> None:
     """The guardrails a cache miss passes before its model call: spend cap, moderation."""
-    meta = caller.meta()
-    await spendcap.enforce(
-        deps.pool,
-        deps.store,
-        cap_usd=deps.settings.daily_cap_usd,
-        forced=deps.settings.over_quota_forced,
-        meta=meta,
-        lesson_id=lesson_id,
-    )
-    await moderation.screen(
-        deps.provider, texts, "input", store=deps.store, meta=meta, lesson_id=lesson_id
-    )
+    await enforce_spend_cap(deps, caller, lesson_id=lesson_id)
+    await screen_input(deps, caller, texts, lesson_id=lesson_id)
 
 
 async def _call(
-    deps: MediaDeps,
+    deps: Deps,
     caller: Caller,
     lesson_id: str,
     beat_ord: int | None,
@@ -257,12 +163,12 @@ async def _call(
     except providers.ProviderError as e:
         runs = [run_event(r, caller.trace_id, beat_ord=beat_ord) for r in e.runs]
         await _record(deps, caller, lesson_id, runs)
-        raise provider_failure(e) from e
+        raise providers.as_command_error(e) from e
     return result.value, [run_event(r, caller.trace_id, beat_ord=beat_ord) for r in result.runs]
 
 
 async def _record(
-    deps: MediaDeps, caller: Caller, lesson_id: str, events: Sequence[DomainEvent]
+    deps: Deps, caller: Caller, lesson_id: str, events: Sequence[DomainEvent]
 ) -> None:
     if events:
         meta = caller.meta()
@@ -284,11 +190,11 @@ def _interaction(
 # ---- the handlers ------------------------------------------------------------------------
 
 
-async def visualize(cmd: Visualize, deps: MediaDeps) -> AssetAnswer:
+async def visualize(cmd: Visualize, deps: Deps) -> AssetAnswer:
     ord, request = validate_beat_request(cmd.body)
-    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.principal.user_id)
+    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
     beat_id, brief = beat_brief(state, ord)
-    await _admit(deps, cmd.caller, cmd.lesson_id)
+    await admit(deps, cmd.caller, Bucket.VIZ, spend=False, lesson_id=cmd.lesson_id)
     key = content_hash(beat_id, f"svg:{request}")
     asset = await deps.assets.find(key)
     hit = asset is not None
@@ -313,11 +219,11 @@ async def visualize(cmd: Visualize, deps: MediaDeps) -> AssetAnswer:
     return answer
 
 
-async def animate(cmd: Animate, deps: MediaDeps) -> AssetAnswer:
+async def animate(cmd: Animate, deps: Deps) -> AssetAnswer:
     ord, request = validate_beat_request(cmd.body)
-    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.principal.user_id)
+    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
     beat_id, brief = beat_brief(state, ord)
-    await _admit(deps, cmd.caller, cmd.lesson_id)
+    await admit(deps, cmd.caller, Bucket.VIZ, spend=False, lesson_id=cmd.lesson_id)
     key = content_hash(beat_id, f"simulation:{request}")
     asset = await deps.assets.find(key)
     hit = asset is not None
@@ -352,16 +258,16 @@ def lesson_brief(state: LessonState) -> LessonBrief:
     return LessonBrief(state.subject, state.topic, state.level, beats)
 
 
-async def makeme(cmd: MakeMe, deps: MediaDeps) -> MakeMeAnswer:
+async def makeme(cmd: MakeMe, deps: Deps) -> MakeMeAnswer:
     output = validate_makeme(cmd.body)
-    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.principal.user_id)
+    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
     lesson = lesson_brief(state)
-    await _admit(deps, cmd.caller, cmd.lesson_id)
+    await admit(deps, cmd.caller, Bucket.VIZ, spend=False, lesson_id=cmd.lesson_id)
     return await make_output(deps, cmd.caller, cmd.lesson_id, output, lesson)
 
 
 async def make_output(
-    deps: MediaDeps, caller: Caller, lesson_id: str, output: str, lesson: LessonBrief
+    deps: Deps, caller: Caller, lesson_id: str, output: str, lesson: LessonBrief
 ) -> MakeMeAnswer:
     """The make-me output, from the cache or made now (also the pre-order path)."""
     key = content_hash(lesson_id, output)
@@ -403,7 +309,7 @@ def preordered(state: LessonState) -> list[str]:
     return [o for o in dict.fromkeys(outputs) if o in MAKEME_OUTPUTS]
 
 
-async def preorder(deps: MediaDeps, state: LessonState) -> None:
+async def preorder(deps: Deps, state: LessonState) -> None:
     """Make the intent's pre-ordered outputs of a lesson that just completed.
 
     Part of the lesson the student already started, so no rate limit; the spend cap still
@@ -412,7 +318,7 @@ async def preorder(deps: MediaDeps, state: LessonState) -> None:
     outputs = preordered(state)
     if not outputs:
         return
-    caller = Caller(Principal(state.user_id, state.session_id), "", new_trace_id())
+    caller = Caller(state.user_id, state.session_id, "", new_trace_id())
     lesson = lesson_brief(state)
     for output in outputs:
         try:
@@ -422,7 +328,7 @@ async def preorder(deps: MediaDeps, state: LessonState) -> None:
 
 
 async def _narrated_slides(
-    deps: MediaDeps, caller: Caller, lesson_id: str, content: dict[str, Any]
+    deps: Deps, caller: Caller, lesson_id: str, content: dict[str, Any]
 ) -> dict[str, Any]:
     """A video is the slides with one narration clip each (null when narration is off)."""
     slides = content["slides"]
