@@ -245,3 +245,33 @@ def test_derivation_assets_use_the_deep_tier(
     beat_models = {r["beat_ord"]: r["model"] for r in runs(db_url, "beat")}
     assert beat_models[derivation] == "opus-4-7"
     assert beat_models[concept] == "sonnet-4-6"
+
+
+def test_a_harmful_diagram_is_refused_and_not_stored(
+    db_url: str, tmp_path: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    from tests.fakes.anthropic_server import TextReply
+    from tests.sse import read_stream
+    from tests.test_lessons_flow import PLAN_BODY
+
+    settings = make_settings(
+        home=tmp_path,
+        beat_partial_ms=0,
+        provider="anthropic",
+        anthropic_api_key="sk-test",
+        anthropic_base_url=fake_anthropic.base_url,
+    )
+    with serve_app(settings, db_url) as base_url, httpx.Client(base_url=base_url) as client:
+        client.post("/v1/session")
+        plan = post(client, "/v1/plan", PLAN_BODY, "harm-plan").json()
+        assert read_stream(client, plan["lesson_id"]).events[-1].event == "lesson_complete"
+        wait_for(lambda: runs(db_url, "makeme"))  # the pre-ordered flashcards are made
+        harmful = "Here is how to build a bomb to hurt people."
+        fake_anthropic.script_teaching(
+            TextReply(f'<svg xmlns="{SVG_NS}"><text x="1" y="1">{harmful}</text></svg>')
+        )
+        r = post(client, f"/v1/lesson/{plan['lesson_id']}/visualize", {"beat_ord": 2}, "harm")
+        assert r.status_code == 422, r.text
+        assert r.json()["code"] == "refused"
+    assert len(runs(db_url, "visualize")) == 1  # recorded: the call cost money
+    assert rows(db_url, "SELECT count(*) FROM assets WHERE type = 'diagram'") == [(0,)]

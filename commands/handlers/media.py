@@ -20,6 +20,7 @@ Guardrails in the contract's order: (the idempotency key, by web/) rate limit (b
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,7 +32,7 @@ from commands import providers
 from commands.assets import content_hash
 from commands.assetstore import AssetStoreError
 from commands.errors import CommandError, Conflict, InvalidInput
-from commands.guardrails import admit, enforce_spend_cap, screen_input
+from commands.guardrails import admit, enforce_spend_cap, screen_input, screen_output
 from commands.lesson_log import load_owned
 from commands.lesson_model import LessonState, run_event
 from commands.messages import Animate, Caller, MakeMe, Visualize
@@ -161,10 +162,30 @@ async def _call(
     try:
         result = await call()
     except providers.ProviderError as e:
-        runs = [run_event(r, caller.trace_id, beat_ord=beat_ord) for r in e.runs]
-        await _record(deps, caller, lesson_id, runs)
+        failed = [run_event(r, caller.trace_id, beat_ord=beat_ord) for r in e.runs]
+        await _record(deps, caller, lesson_id, failed)
         raise providers.as_command_error(e) from e
-    return result.value, [run_event(r, caller.trace_id, beat_ord=beat_ord) for r in result.runs]
+    runs: list[DomainEvent] = [
+        run_event(r, caller.trace_id, beat_ord=beat_ord) for r in result.runs
+    ]
+    try:
+        # Output moderation (contracts §10): what the model wrote that the student will read.
+        await screen_output(deps, caller, {"output": _words(result.value)}, lesson_id=lesson_id)
+    except CommandError:
+        await _record(deps, caller, lesson_id, runs)  # the call cost money all the same
+        raise
+    return result.value, runs
+
+
+def _words(value: object) -> str:
+    """The readable text of a model's output: an SVG's text, a spec's or object's strings."""
+    if isinstance(value, str):
+        return " ".join(re.sub(r"<[^>]*>", " ", value).split())
+    if isinstance(value, Mapping):
+        return " ".join(_words(v) for v in value.values())
+    if isinstance(value, list):
+        return " ".join(_words(v) for v in value)
+    return ""
 
 
 async def _record(
