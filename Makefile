@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check lint typecheck bench venv tools clean
+.PHONY: run test check lint typecheck bench fuzz venv tools clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy
+
+# The OpenAPI fuzz run with many more examples per operation than `make test` uses.
+fuzz: venv
+	OMNITUTOR_FUZZ_EXAMPLES=$${OMNITUTOR_FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/test_openapi.py
 
 check: lint typecheck test
 

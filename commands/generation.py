@@ -65,7 +65,7 @@ from commands.plan import (
 )
 from commands.providers import Provider, Tier
 from commands.providers.prices import contract_model_name
-from eventstore.database import Pool
+from eventstore.database import Pool, autocommit
 from eventstore.errors import StoreError, translate_errors
 from eventstore.events import ABANDONED, COMPLETE, DRAFT, CacheHit, DomainEvent
 from eventstore.ids import new_id, new_trace_id
@@ -124,7 +124,7 @@ class Leases:
 
     async def _rows(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         with translate_errors():
-            async with self.pool.connection() as conn:
+            async with autocommit(self.pool) as conn:  # each lease query is one statement
                 cur = await conn.execute(query, params)
                 return await cur.fetchall() if cur.description else []
 

@@ -90,6 +90,21 @@ async def open_pool(
         await pool.close()
 
 
+@asynccontextmanager
+async def autocommit(pool: Pool) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection in autocommit, for statements that stand on their own: one round
+    trip each instead of three (BEGIN, statement, COMMIT). It goes back as it came."""
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            try:
+                await conn.set_autocommit(False)
+            except psycopg.Error:
+                await conn.close()  # mid-statement (cancelled): never hand it out as is
+
+
 def stop_embedded(home: Path) -> bool:
     """Stop an embedded server left running under `home`; False if none was running."""
     pgdata = home.resolve() / "pgdata"

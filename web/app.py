@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from commands.bootstrap import open_deps
 from commands.errors import CommandError, ErrorCode, Internal
@@ -25,10 +27,11 @@ from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import asset_files, health, routes, sessions
+from web import api_schemas, asset_files, health, openapi, routes, sessions
 from web.errors import ApiError, error_response
 from web.idempotency import IdempotencyMiddleware
 from web.middleware import RequestContext
+from web.openapi import Spec, api
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
@@ -95,11 +98,26 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             trace_id(request),
         )
 
+    @api(
+        Spec(
+            "This document: OpenAPI 3.1 of every /v1/ route",
+            response={"type": "object"},
+            wrapped=False,
+            auth=False,
+        )
+    )
+    async def openapi_json(request: Request) -> Response:
+        if not hasattr(request.app.state, "openapi"):
+            document = openapi.document(request.app.routes, api_schemas.COMPONENTS)
+            request.app.state.openapi = orjson.dumps(document)
+        return Response(request.app.state.openapi, media_type="application/json")
+
     return Starlette(
         routes=[
             *health.routes,
             *sessions.routes,
             *routes.routes,
+            Route("/v1/openapi.json", openapi_json, methods=["GET"]),
             # The local asset store's files; with a bucket the CDN serves them.
             *([] if settings.assets_bucket else asset_files.routes(settings.home / "assets")),
         ],

@@ -8,19 +8,38 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from commands.errors import Internal
+from commands.errors import ErrorCode, Internal
 from eventstore.errors import StoreError
 from eventstore.migrations import MIGRATIONS, applied_checksums, problems
 from projections.checkpoints import failures
+from web.api_schemas import HEALTH, READY
 from web.errors import error_response
+from web.openapi import Spec, api
 from web.requests import deps
 
 
+@api(
+    Spec(
+        "Liveness: answers without touching the database",
+        response=HEALTH,
+        wrapped=False,
+        auth=False,
+    )
+)
 async def healthz(request: Request) -> Response:
     """Alive: answers without touching the database."""
     return JSONResponse({"ok": True, "ts": int(time.time() * 1000)})
 
 
+@api(
+    Spec(
+        "Readiness: the database, the migrations and the projections",
+        response=READY,
+        wrapped=False,
+        auth=False,
+        errors=(ErrorCode.INTERNAL,),
+    )
+)
 async def readyz(request: Request) -> Response:
     """Ready: the database answers and every migration is applied, unchanged."""
     checks: dict[str, str] = {}

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from commands.errors import ErrorCode
 from commands.handlers import lessons, media
 from commands.messages import (
     AbandonLesson,
@@ -16,25 +17,72 @@ from commands.messages import (
     ReadLesson,
     Visualize,
 )
+from web import api_schemas as schemas
+from web import media_schemas
+from web.openapi import Spec, api
 from web.requests import answer, body, caller, deps
 from web.stream import LessonStream
 
 
+@api(
+    Spec(
+        "Plan a lesson from a setup intent (fast tier), with beat 1",
+        request=schemas.PLAN_REQUEST,
+        response=schemas.PLAN_ANSWER,
+        idempotency="required",
+        errors=(ErrorCode.CONFLICT, ErrorCode.REFUSED, ErrorCode.OVER_QUOTA,
+                ErrorCode.RATE_LIMITED, ErrorCode.MODEL_UNAVAILABLE),
+        links={
+            "lesson": {"operationId": "get_get_lesson",
+                       "parameters": {"lesson_id": "$response.body#/lesson_id"}},
+            "stream": {"operationId": "get_stream_lesson",
+                       "parameters": {"lesson_id": "$response.body#/lesson_id"}},
+            "abandon": {"operationId": "post_abandon_lesson",
+                        "parameters": {"lesson_id": "$response.body#/lesson_id"}},
+        },
+    )
+)  # fmt: skip
 async def create_plan(request: Request) -> Response:
     cmd = CreatePlan(await caller(request), await body(request))
     return answer(request, await lessons.create_plan(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "The lesson folded from its log: status, plan, beats",
+        response=schemas.LESSON_ANSWER,
+        errors=(ErrorCode.NOT_FOUND,),
+    )
+)
 async def get_lesson(request: Request) -> Response:
     cmd = ReadLesson(await caller(request), request.path_params["lesson_id"])
     return answer(request, await lessons.read_lesson(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "Abandon the lesson: generation stops, streams end with a final error",
+        response=schemas.ABANDON_ANSWER,
+        errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
+    )
+)
 async def abandon_lesson(request: Request) -> Response:
     cmd = AbandonLesson(await caller(request), request.path_params["lesson_id"])
     return answer(request, await lessons.abandon_lesson(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "The lesson's log as Server-Sent Events (contracts §4)",
+        response=schemas.STREAM,
+        media_type="text/event-stream",
+        other_statuses=(204,),
+        headers={"Last-Event-ID": {"type": "string", "pattern": "^[0-9A-Za-z]+-evt-[0-9]+$"}},
+        query={"last_event_id": {"type": "string"}},
+        errors=(ErrorCode.NOT_FOUND, ErrorCode.OVER_QUOTA),
+        description="204 when the lesson is over and the cursor is at its end.",
+    )
+)
 async def stream_lesson(request: Request) -> Response:
     header = request.headers.get("last-event-id")
     cmd = OpenStream(
@@ -49,16 +97,53 @@ async def stream_lesson(request: Request) -> Response:
     return LessonStream(opened.subscription, opened.view, deps(request).settings)
 
 
+_ASSET_ERRORS = (
+    ErrorCode.NOT_FOUND,
+    ErrorCode.CONFLICT,
+    ErrorCode.REFUSED,
+    ErrorCode.OVER_QUOTA,
+    ErrorCode.RATE_LIMITED,
+    ErrorCode.MODEL_UNAVAILABLE,
+)
+
+
+@api(
+    Spec(
+        "An SVG diagram of a ready beat, sanitised, cached forever",
+        request=media_schemas.BEAT_ASSET_REQUEST,
+        response=media_schemas.VISUALIZE_ANSWER,
+        idempotency="required",
+        errors=_ASSET_ERRORS,
+    )
+)
 async def visualize(request: Request) -> Response:
     cmd = Visualize(await caller(request), request.path_params["lesson_id"], await body(request))
     return answer(request, await media.visualize(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "A mini-simulation of a ready beat as a declarative spec, cached forever",
+        request=media_schemas.BEAT_ASSET_REQUEST,
+        response=media_schemas.ANIMATE_ANSWER,
+        idempotency="required",
+        errors=_ASSET_ERRORS,
+    )
+)
 async def animate(request: Request) -> Response:
     cmd = Animate(await caller(request), request.path_params["lesson_id"], await body(request))
     return answer(request, await media.animate(cmd, deps(request)))
 
 
+@api(
+    Spec(
+        "A make-me output of a complete lesson, cached forever",
+        request=media_schemas.MAKEME_REQUEST,
+        response=media_schemas.MAKEME_ANSWER,
+        idempotency="required",
+        errors=_ASSET_ERRORS,
+    )
+)
 async def makeme(request: Request) -> Response:
     cmd = MakeMe(await caller(request), request.path_params["lesson_id"], await body(request))
     return answer(request, await media.makeme(cmd, deps(request)))

@@ -9,10 +9,23 @@ from starlette.routing import Route
 
 from commands.errors import InvalidInput
 from commands.sessions import open_session
+from web.api_schemas import SESSION_ANSWER, SESSION_REQUEST
 from web.body import read_json_object
+from web.openapi import Spec, api
 from web.requests import COOKIE, deps
 
 
+@api(
+    Spec(
+        "Create an anonymous user and session, or refresh the one in the cookie",
+        request=SESSION_REQUEST,
+        request_required=False,
+        response=SESSION_ANSWER,
+        status=201,
+        other_statuses=(200,),
+        auth=False,
+    )
+)
 async def create_or_refresh(request: Request) -> Response:
     svc = deps(request)
     body = await read_json_object(request, svc.settings.max_body_bytes, optional=True)
