@@ -44,6 +44,8 @@ bench: venv
 	$(BIN)/omnitutor bench projections
 	$(BIN)/omnitutor bench lessons
 	$(BIN)/omnitutor bench assets
+	$(BIN)/omnitutor bench load
+	$(BIN)/omnitutor bench events
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

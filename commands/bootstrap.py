@@ -16,6 +16,7 @@ from commands.assetstore import open_asset_store
 from commands.generation import GenerationConfig, Supervisor, tier_models
 from commands.handlers import media
 from commands.lesson_model import LessonState
+from commands.mailer import Mailer, open_mailer
 from commands.narration import Narrator, open_narrator
 from commands.providers import Provider, ProviderConfig, Tier, make_provider
 from commands.ratelimit import RateLimits
@@ -36,6 +37,7 @@ class Deps:
     limits: RateLimits
     assets: Assets  # the asset store behind the assets table (docs/assets.md)
     narrator: Narrator  # text to speech, cached forever; disabled without a key
+    mailer: Mailer  # sign-in mail: SES, or the local outbox (commands/mailer.py)
 
 
 def provider_config(settings: Settings) -> ProviderConfig:
@@ -78,6 +80,8 @@ def rate_limits(settings: Settings) -> RateLimits:
         ask_user=settings.limit_ask_user_per_hour,
         viz_anon=settings.limit_viz_anon_per_hour,
         viz_user=settings.limit_viz_user_per_hour,
+        magic_link_ip=settings.limit_magic_link_ip_per_hour,
+        magic_link_email=settings.limit_magic_link_email_per_hour,
     )
 
 
@@ -103,7 +107,16 @@ async def open_deps(
         on_complete=preorder,
     )
     deps = Deps(
-        settings, pool, store, hub, provider, supervisor, rate_limits(settings), assets, narrator
+        settings,
+        pool,
+        store,
+        hub,
+        provider,
+        supervisor,
+        rate_limits(settings),
+        assets=assets,
+        narrator=narrator,
+        mailer=open_mailer(settings),
     )
     built.append(deps)
     try:

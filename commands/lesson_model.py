@@ -46,6 +46,8 @@ from eventstore.events import (
     LessonCompleted,
     LessonCreated,
     LessonDeleted,
+    LessonErased,
+    LessonTransferred,
     ModelRunRecorded,
     PlanLocked,
     PlanRevised,
@@ -237,8 +239,10 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
             )
         case LessonAbandoned():
             return replace(s, status=ABANDONED, ended_at=ts, ended_seq=seq)
-        case LessonDeleted():
+        case LessonDeleted() | LessonErased():
             return replace(s, deleted=True)
+        case LessonTransferred():
+            return replace(s, user_id=event.to_user_id)
         case ErrorRaised(source="generation"):
             return replace(s, failed_seq=seq)
         case _:

@@ -74,6 +74,39 @@ class AbandonLesson:
 
 
 @dataclass(frozen=True)
+class RequestMagicLink:
+    """POST /v1/auth/magic-link: mail a sign-in link to an address."""
+
+    caller: Caller
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ConsumeMagicLink:
+    """GET /v1/auth/consume: sign in with a link (no session needed)."""
+
+    token: str | None
+    session_token: str | None  # the clicking browser's cookie, if any
+    next: str | None
+    trace_id: str
+
+
+@dataclass(frozen=True)
+class DeleteAccount:
+    """DELETE /v1/account: the caller's account, soft at once, erased 30 days later."""
+
+    caller: Caller
+
+
+@dataclass(frozen=True)
+class RecordClientEvents:
+    """POST /v1/event: a batch of the browser's analytics events."""
+
+    caller: Caller
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Visualize:
     """POST /v1/lesson/{id}/visualize: an SVG diagram of a beat."""
 

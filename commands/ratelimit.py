@@ -43,11 +43,13 @@ class Bucket(StrEnum):
     PLAN = "plan"
     ASK = "ask"
     VIZ = "viz"  # visualize, animate and make-me (generated assets)
+    MAGIC_LINK = "magic_link"  # sign-in mail, limited per client IP and per email
 
 
 class Scope(StrEnum):
     IP = "ip"
     USER = "user"
+    EMAIL = "email"  # keyed by the address's sha256: no email is stored in rate_buckets
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,13 @@ class RateLimits:
     ask_user: int = 300
     viz_anon: int = 20
     viz_user: int = 100
+    magic_link_ip: int = 10
+    magic_link_email: int = 5
     window: timedelta = WINDOW
 
     def limit(self, scope: Scope, bucket: Bucket) -> int:
+        if bucket is Bucket.MAGIC_LINK:
+            return self.magic_link_email if scope is Scope.EMAIL else self.magic_link_ip
         anon = scope is Scope.IP
         if bucket is Bucket.PLAN:
             return self.plan_anon if anon else self.plan_user

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ async def open_session(
     days: int,
 ) -> SessionGrant:
     """Refresh the session behind `token`, or create an anonymous user and session."""
+    if token:
+        with contextlib.suppress(Unauthorized):  # an ended visit gives way to a new one
+            await authenticate(pool, token, days=days)
     with translate_errors():
         async with pool.connection() as conn:
             if token:
@@ -81,14 +85,52 @@ async def open_session(
 
 
 async def authenticate(
-    pool: AsyncConnectionPool[AsyncConnection[Any]], token: str | None
+    pool: AsyncConnectionPool[AsyncConnection[Any]],
+    token: str | None,
+    *,
+    days: int = 30,
+    idle_min: int = 30,
 ) -> Principal:
+    """The session behind `token`, its expiry slid; a visit that ended gives way to a new one
+    of the same user (the cookie stays valid: a session row is one visit, the token the
+    student's way back to their work)."""
     if not token:
         raise Unauthorized("No session. POST /v1/session first.")
+    params = {"token_hash": hash_token(token), "days": days, "idle_min": idle_min}
     with translate_errors():
         async with pool.connection() as conn:
-            cur = await conn.execute(_Q["authenticate"], {"token_hash": hash_token(token)})
-            row = await cur.fetchone()
-    if row is None:
-        raise Unauthorized("Your session has expired. Refresh it and try again.")
-    return Principal(row[0], row[1], row[2])
+            for _ in range(2):
+                row = await (await conn.execute(_Q["authenticate"], params)).fetchone()
+                if row is None:
+                    break
+                user_id, session_id, signed_in, ended = row
+                if not ended:
+                    return Principal(user_id, session_id, signed_in)
+                moved = await (
+                    await conn.execute(
+                        _Q["continue_session"],
+                        {**params, "session_id": session_id, "new_session_id": new_id()},
+                    )
+                ).fetchone()
+                if moved is not None:
+                    return Principal(user_id, moved[0], signed_in)
+    raise Unauthorized("Your session has expired. Refresh it and try again.")
+
+
+async def end_visit(pool: AsyncConnectionPool[AsyncConnection[Any]], session_id: str) -> None:
+    """The browser said goodbye (a lesson.abandon / tab-close beacon)."""
+    with translate_errors():
+        async with pool.connection() as conn:
+            await conn.execute(_Q["end_visit"], {"session_id": session_id})
+
+
+async def end_idle_sessions(
+    pool: AsyncConnectionPool[AsyncConnection[Any]], idle_min: int, batch: int = 5000
+) -> int:
+    """Give sessions idle longer than `idle_min` their ended_at; one batch, returns how many."""
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                _Q["end_idle_sessions"], {"idle_min": idle_min, "limit": batch}
+            )
+            return cur.rowcount

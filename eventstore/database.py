@@ -61,7 +61,8 @@ def database_url(
 
 # The log is acknowledged only once its commit is on disk; a server configured with
 # synchronous_commit=off would lose acknowledged events in a crash. Set at connection start.
-CONNECTION_OPTIONS = {"options": "-c synchronous_commit=on"}
+# DateStyle ISO: the store reads timestamps as text and parses them as ISO 8601.
+CONNECTION_OPTIONS = {"options": "-c synchronous_commit=on -c DateStyle=ISO"}
 
 
 async def configure_connection(conn: AsyncConnection[Any]) -> None:

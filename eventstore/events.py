@@ -31,6 +31,7 @@ class LessonCreated:
 
     TYPE: ClassVar[str] = "lesson.created"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ("topic", "intent")
     session_id: str
     user_id: str
     subject: str
@@ -47,6 +48,7 @@ class PlanRevised:
 
     TYPE: ClassVar[str] = "plan.revised"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ("plan", "feedback_text")
     revision_num: int
     plan: JSON  # {summary, beats: [{ord, kind, title, est_min}], after}
     triggered_by: str  # initial | iterate | adjust
@@ -59,6 +61,7 @@ class PlanLocked:
 
     TYPE: ClassVar[str] = "plan.locked"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     revision_num: int
     total_beats: int
 
@@ -67,6 +70,7 @@ class PlanLocked:
 class BeatStarted:
     TYPE: ClassVar[str] = "beat.started"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ("title",)
     ord: int
     beat_id: str
     kind: str  # concept | derivation | problem | test | free
@@ -84,6 +88,7 @@ class BeatPartial:
 
     TYPE: ClassVar[str] = "beat.partial"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ("content_delta",)
     ord: int
     content_delta: str
     reset: bool = False
@@ -93,6 +98,7 @@ class BeatPartial:
 class BeatCompleted:
     TYPE: ClassVar[str] = "beat.completed"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ("content_json", "narration_text")
     ord: int
     beat_id: str
     kind: str
@@ -107,6 +113,7 @@ class BeatFailed:
 
     TYPE: ClassVar[str] = "beat.failed"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     ord: int
     beat_id: str
     code: str
@@ -117,6 +124,7 @@ class BeatFailed:
 class AudioReady:
     TYPE: ClassVar[str] = "audio.ready"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     beat_ord: int
     audio_url: str
 
@@ -125,6 +133,7 @@ class AudioReady:
 class LessonCompleted:
     TYPE: ClassVar[str] = "lesson.completed"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     duration_ms: int
     model_costs: dict[str, float]  # contract model name → USD
 
@@ -133,6 +142,7 @@ class LessonCompleted:
 class LessonAbandoned:
     TYPE: ClassVar[str] = "lesson.abandoned"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     last_beat_ord: int
     reason: str = "student"
 
@@ -143,7 +153,33 @@ class LessonDeleted:
 
     TYPE: ClassVar[str] = "lesson.deleted"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     reason: str = "user"
+
+
+@dataclass(frozen=True)
+class LessonTransferred:
+    """The lesson now belongs to another user: an anonymous student's work, moved into the
+    account whose email they confirmed (magic link). Ownership is read from the log, so the
+    move is an event of the lesson's own stream, not an UPDATE of a read model."""
+
+    TYPE: ClassVar[str] = "lesson.transferred"
+    VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
+    from_user_id: str
+    to_user_id: str
+    reason: str = "account_linked"
+
+
+@dataclass(frozen=True)
+class LessonErased:
+    """The owner's personal data was purged (docs/privacy.md): read models drop the lesson's
+    rows; its events stay, their personal fields read as erased."""
+
+    TYPE: ClassVar[str] = "lesson.erased"
+    VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
+    reason: str = "account_purged"
 
 
 @dataclass(frozen=True)
@@ -152,6 +188,7 @@ class InteractionRecorded:
 
     TYPE: ClassVar[str] = "interaction.recorded"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ("payload", "response")
     interaction_id: str
     type: str
     payload: JSON
@@ -165,6 +202,7 @@ class ModelRunRecorded:
 
     TYPE: ClassVar[str] = "model_run.recorded"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     run_id: str
     model: str  # haiku-4-5 | sonnet-4-6 | opus-4-7 | offline | elevenlabs
     purpose: str  # plan | beat | ask | adjust | moderation | tts | hello ...
@@ -182,6 +220,7 @@ class ModelRunRecorded:
 class SafetyRefused:
     TYPE: ClassVar[str] = "safety.refused"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     stage: str  # input | output
     category: str  # explicit_harm | csam | self_harm | doxxing
     field: str | None = None
@@ -191,6 +230,7 @@ class SafetyRefused:
 class OverQuotaHit:
     TYPE: ClassVar[str] = "over_quota.hit"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     scope: str  # ip | user | global
     bucket: str  # plan | ask | spend
     retry_after_ms: int
@@ -200,6 +240,7 @@ class OverQuotaHit:
 class CacheHit:
     TYPE: ClassVar[str] = "cache.hit"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     key_kind: str  # plan | beat | tts | viz | makeme
     model: str | None = None
 
@@ -210,6 +251,7 @@ class ErrorRaised:
 
     TYPE: ClassVar[str] = "error"
     VERSION: ClassVar[int] = 1
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
     code: str
     message: str
     recoverable: bool
@@ -233,6 +275,8 @@ DomainEvent: TypeAlias = (
     | LessonCompleted
     | LessonAbandoned
     | LessonDeleted
+    | LessonTransferred
+    | LessonErased
     | InteractionRecorded
     | ModelRunRecorded
     | SafetyRefused
@@ -255,6 +299,8 @@ EVENT_CLASSES: Mapping[str, type[DomainEvent]] = {
         LessonCompleted,
         LessonAbandoned,
         LessonDeleted,
+        LessonTransferred,
+        LessonErased,
         InteractionRecorded,
         ModelRunRecorded,
         SafetyRefused,
@@ -288,6 +334,38 @@ CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
     }
 )
 
+# Personal fields of the client-side types (contracts §12): text the student typed. Like the
+# PERSONAL fields of the lesson log's own types, they are kept apart from the event and can
+# be forgotten (eventstore/personal.py, docs/privacy.md).
+CLIENT_PERSONAL_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "discovery.search": ("query",),
+    "lesson.invoke": ("topic",),
+    "setup.submit": ("intent",),
+    "plan.iterate": ("free_text",),
+}
+
+# What an erased personal field reads as. Every personal field is text or a JSON object (or
+# optional), so these three cover them; a reader of an erased lesson sees a well-formed event.
+ERASED_TEXT = "[erased]"
+
+
+def personal_fields(type_: str) -> tuple[str, ...]:
+    """The names of the personal fields of an event type (none for most types)."""
+    cls = EVENT_CLASSES.get(type_)
+    if cls is not None:
+        return cls.PERSONAL
+    return CLIENT_PERSONAL_FIELDS.get(type_, ())
+
+
+def _erased_value(cls: type[DomainEvent], name: str) -> Any:
+    annotation = str(cls.__dataclass_fields__[name].type)
+    if "None" in annotation:
+        return None
+    if annotation.startswith(("JSON", "dict")):
+        return {}
+    return ERASED_TEXT
+
+
 # (type, stored version) → function from that version's payload to the next version's.
 _UPCASTERS: dict[tuple[str, int], Callable[[JSON], JSON]] = {}
 
@@ -309,4 +387,7 @@ def from_payload(type_: str, version: int, payload: Mapping[str, Any]) -> Domain
     while version < cls.VERSION:
         data = _UPCASTERS[(type_, version)](data)
         version += 1
+    for name in cls.PERSONAL:
+        if name not in data:  # forgotten (docs/privacy.md): the field reads as erased
+            data[name] = _erased_value(cls, name)
     return cls(**data)

@@ -116,6 +116,21 @@ class Settings:
     tts_model: str = "eleven_flash_v2_5"  # OMNITUTOR_TTS_MODEL
     tts_timeout_s: float = 30.0  # OMNITUTOR_TTS_TIMEOUT_S: one synthesis call
     tts_plan_wait_s: float = 3.0  # OMNITUTOR_TTS_PLAN_WAIT_S: plan answer waits for beat 1's clip
+    # Accounts and personal data (docs/accounts.md, docs/privacy.md).
+    public_url: str = "http://127.0.0.1:8790"  # OMNITUTOR_PUBLIC_URL: links in mail start so
+    mail_from: str | None = None  # OMNITUTOR_MAIL_FROM: SES sender; unset → local outbox
+    mail_region: str | None = None  # OMNITUTOR_MAIL_REGION (or AWS_REGION): SES region
+    magic_link_ttl_min: int = 15  # OMNITUTOR_MAGIC_LINK_TTL_MIN
+    limit_magic_link_ip_per_hour: int = 10  # OMNITUTOR_LIMIT_MAGIC_LINK_IP_PER_HOUR
+    limit_magic_link_email_per_hour: int = 5  # OMNITUTOR_LIMIT_MAGIC_LINK_EMAIL_PER_HOUR
+    session_idle_min: int = 30  # OMNITUTOR_SESSION_IDLE_MIN: a quiet session is ended
+    purge_after_days: int = 30  # OMNITUTOR_PURGE_AFTER_DAYS: hard delete this long after
+    error_events_per_s: int = 50  # OMNITUTOR_ERROR_EVENTS_PER_S: `error` events per process
+
+    @property
+    def mail_via_ses(self) -> bool:
+        """Mail goes through Amazon SES when a sender and a region are configured."""
+        return bool(self.mail_from and self.mail_region)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -178,6 +193,24 @@ class Settings:
             tts_model=e.get("OMNITUTOR_TTS_MODEL") or d.tts_model,
             tts_timeout_s=_float(e, "OMNITUTOR_TTS_TIMEOUT_S", d.tts_timeout_s),
             tts_plan_wait_s=_float(e, "OMNITUTOR_TTS_PLAN_WAIT_S", d.tts_plan_wait_s),
+            public_url=(e.get("OMNITUTOR_PUBLIC_URL") or d.public_url).rstrip("/"),
+            mail_from=e.get("OMNITUTOR_MAIL_FROM") or d.mail_from,
+            mail_region=(
+                e.get("OMNITUTOR_MAIL_REGION")
+                or e.get("AWS_REGION")
+                or e.get("AWS_DEFAULT_REGION")
+                or d.mail_region
+            ),
+            magic_link_ttl_min=_int(e, "OMNITUTOR_MAGIC_LINK_TTL_MIN", d.magic_link_ttl_min),
+            limit_magic_link_ip_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_MAGIC_LINK_IP_PER_HOUR", d.limit_magic_link_ip_per_hour
+            ),
+            limit_magic_link_email_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_MAGIC_LINK_EMAIL_PER_HOUR", d.limit_magic_link_email_per_hour
+            ),
+            session_idle_min=_int(e, "OMNITUTOR_SESSION_IDLE_MIN", d.session_idle_min),
+            purge_after_days=_int(e, "OMNITUTOR_PURGE_AFTER_DAYS", d.purge_after_days),
+            error_events_per_s=_int(e, "OMNITUTOR_ERROR_EVENTS_PER_S", d.error_events_per_s),
         )
 
 

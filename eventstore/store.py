@@ -31,17 +31,20 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import starmap
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, LiteralString
 
 import orjson
 import psycopg
 import structlog
 from psycopg import AsyncConnection
+from psycopg.types.numeric import Int8BinaryLoader
 from psycopg_pool import AsyncConnectionPool
 
+from eventstore import personal
 from eventstore.errors import (
     DuplicateEventId,
     StoreError,
@@ -56,6 +59,9 @@ from eventstore.queries import load_queries
 _Q = load_queries(Path(__file__).parent / "sql" / "store.sql")
 SEQUENCER_LOCK_KEY = 0x0717_0001
 LOG_CHANNEL = "omnitutor_log"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# Shared single-event INSERTs on their way at once (see _SharedAppends).
+SHARED_IN_FLIGHT = 4
 log = structlog.get_logger(__name__)
 
 
@@ -93,25 +99,143 @@ class NewEvent:
         )
 
 
-@dataclass(frozen=True)
 class StoredEvent:
-    id: str
-    position: int | None  # None until the sequencer has numbered it
-    lesson_id: str | None
-    lesson_seq: int | None
-    session_id: str | None
-    type: str
-    type_version: int
-    payload: dict[str, Any]
-    metadata: dict[str, Any]
-    ts: datetime
+    """An event as stored: what appends return and reads yield.
+
+    Read-only (the attributes are `Final`, so mypy rejects an assignment). `payload`,
+    `metadata` and `ts` arrive as the database's text and are decoded on first access, once:
+    a catch-up reader that filters on type or position never pays for JSON and timestamp
+    parsing, which were most of a read's cost (docs/eventstore.md, "Catch-up reads"). The
+    constructor takes either decoded values or that text.
+    """
+
+    __slots__ = (
+        "_metadata",
+        "_payload",
+        "_ts",
+        "id",
+        "lesson_id",
+        "lesson_seq",
+        "position",
+        "session_id",
+        "type",
+        "type_version",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        position: int | None,  # None until the sequencer has numbered it
+        lesson_id: str | None,
+        lesson_seq: int | None,
+        session_id: str | None,
+        type: str,
+        type_version: int,
+        payload: dict[str, Any] | str | bytes,
+        metadata: dict[str, Any] | str | bytes,
+        ts: datetime | str | int,  # int: microseconds since 2000-01-01 UTC (Postgres' epoch)
+    ) -> None:
+        self.id: Final = id
+        self.position: Final = position
+        self.lesson_id: Final = lesson_id
+        self.lesson_seq: Final = lesson_seq
+        self.session_id: Final = session_id
+        self.type: Final = type
+        self.type_version: Final = type_version
+        self._payload = payload
+        self._metadata = metadata
+        self._ts = ts
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        value = self._payload
+        if isinstance(value, dict):
+            return value
+        decoded: dict[str, Any] = orjson.loads(value)
+        self._payload = decoded
+        return decoded
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        value = self._metadata
+        if isinstance(value, dict):
+            return value
+        decoded: dict[str, Any] = orjson.loads(value)
+        self._metadata = decoded
+        return decoded
+
+    @property
+    def ts(self) -> datetime:
+        value = self._ts
+        if isinstance(value, datetime):
+            return value
+        if isinstance(value, int):
+            decoded = _PG_EPOCH + timedelta(microseconds=value)
+        else:
+            # Postgres writes timestamptz as ISO 8601 with an hours-only offset ("…+00"),
+            # which fromisoformat reads since Python 3.11.
+            decoded = datetime.fromisoformat(value)
+        self._ts = decoded
+        return decoded
 
     def domain(self) -> DomainEvent:
         return from_payload(self.type, self.type_version, self.payload)
 
+    def with_payload(self, payload: dict[str, Any]) -> StoredEvent:
+        """The same event with another payload (its personal fields merged back in)."""
+        return StoredEvent(
+            self.id,
+            self.position,
+            self.lesson_id,
+            self.lesson_seq,
+            self.session_id,
+            self.type,
+            self.type_version,
+            payload,
+            self._metadata,
+            self._ts,
+        )
 
-def _row(r: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(*r)
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.position,
+            self.lesson_id,
+            self.lesson_seq,
+            self.session_id,
+            self.type,
+            self.type_version,
+            self.payload,
+            self.metadata,
+            self.ts,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredEvent):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, like the dataclass it was
+
+    def __repr__(self) -> str:
+        names = ("id", "position", "lesson_id", "lesson_seq", "session_id", "type")
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+        return f"StoredEvent({shown}, ...)"
+
+
+async def _fetch_events(
+    conn: AsyncConnection[Any], query: LiteralString, params: Mapping[str, Any]
+) -> list[StoredEvent]:
+    """Run a query selecting stored-event columns (store.sql) and build the events.
+
+    Binary format, with ts loaded as its raw int8 (microseconds since 2000-01-01 UTC): every
+    column then goes through one of psycopg's C loaders, and StoredEvent converts ts only if
+    it is read.
+    """
+    cur = conn.cursor(binary=True)
+    cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
+    await cur.execute(query, params)
+    return await personal.restore(conn, list(starmap(StoredEvent, await cur.fetchall())))
 
 
 AppendListener = Callable[[Sequence[StoredEvent]], None]
@@ -137,7 +261,9 @@ async def read_types_page(
     """
     params = {"after": after, "upto": upto, "types": sorted(types), "limit": limit}
     cur = await conn.execute(_Q["read_types_page"], params)
-    return list(map(_row, await cur.fetchall()))
+    # Decoded columns (jsonb, timestamptz): projections touch every payload, so decoding
+    # lazily would save them nothing.
+    return await personal.restore(conn, list(starmap(StoredEvent, await cur.fetchall())))
 
 
 async def model_spend_since(conn: AsyncConnection[Any], since: datetime) -> Decimal:
@@ -151,6 +277,7 @@ class EventStore:
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
         self.pool = pool
         self._listeners: list[AppendListener] = []
+        self._shared = _SharedAppends(self)
 
     def on_append(self, listener: AppendListener) -> None:
         """Call `listener` with the stored events after each append has committed."""
@@ -166,29 +293,82 @@ class EventStore:
         """
         if not events:
             return []
-        params = {
-            "lesson_id": lesson_id,
-            "expected_seq": expected_seq,
-            "ids": [e.id for e in events],
-            "session_ids": [e.meta.session_id for e in events],
-            "types": [e.type for e in events],
-            "versions": [e.type_version for e in events],
-            "payloads": [orjson.dumps(e.payload).decode() for e in events],
-            "metadata": [orjson.dumps(e.meta.as_json()).decode() for e in events],
-        }
-        try:
-            with translate_errors():
-                async with self._connection() as conn:
-                    cur = await conn.execute(_Q["append_lesson"], params)
-                    stored = sorted(map(_row, await cur.fetchall()), key=_seq)
-        except UniqueKeyTaken:
-            stored = []
+        # Personal fields go to the vault (eventstore/personal.py), in the append's commit.
+        sealed = personal.seal(events, [lesson_id] * len(events), [e.meta.user_id for e in events])
+        payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
+        metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
+        shared = None
+        if len(events) == 1 and not sealed.rows:
+            shared = await self._shared.append(
+                _Waiting(lesson_id, events[0], expected_seq, payloads[0], metadata[0])
+            )
+        if shared:
+            stored = shared
+        else:
+            stored = await self._append_alone(
+                lesson_id, events, expected_seq, payloads, metadata, sealed
+            )
         if stored:
+            stored = personal.reveal(stored, sealed.personal)
             self._committed(stored)
             return stored
         # A unique key was taken, or expected_seq runs ahead of the log: either this very
         # batch is being retried, or another writer appended first.
         return await self._resolve_conflict(lesson_id, events, expected_seq)
+
+    async def _append_alone(
+        self,
+        lesson_id: str,
+        events: Sequence[NewEvent],
+        expected_seq: int,
+        payloads: Sequence[str],
+        metadata: Sequence[str],
+        sealed: personal.Sealed,
+    ) -> list[StoredEvent]:
+        """The batch in a statement of its own (with its vault rows, in one commit): its
+        events, or [] if a unique key was taken or expected_seq runs ahead of the log."""
+        query, params = _append_statement(lesson_id, events, expected_seq, payloads, metadata)
+        try:
+            with translate_errors():
+                async with self._connection() as conn, personal.kept(conn, sealed):
+                    cur = await conn.execute(query, params)
+                    rows = await cur.fetchall()
+        except UniqueKeyTaken:
+            return []
+        return _inserted(events, payloads, metadata, [lesson_id] * len(events), rows)
+
+    async def _insert_shared(self, waiting: Sequence[_Waiting]) -> dict[str, StoredEvent]:
+        """One INSERT for several callers' single events; the events that landed, by id.
+        Raises UniqueKeyTaken if any row's key was taken (then nothing landed)."""
+        if len(waiting) == 1:
+            w = waiting[0]
+            query, params = _append_statement(
+                w.lesson_id, [w.event], w.expected_seq, [w.payload], [w.metadata]
+            )
+        else:
+            query, params = _Q["append_shared"], _shared_params(waiting)
+        with translate_errors():
+            async with self._connection() as conn:
+                cur = await conn.execute(query, params)
+                rows = await cur.fetchall()
+        by_id = {w.event.id: w for w in waiting}
+        landed = {}
+        for id, lesson_seq, ts in rows:
+            w = by_id[id]
+            e = w.event
+            landed[id] = StoredEvent(
+                id,
+                None,
+                w.lesson_id,
+                lesson_seq,
+                e.meta.session_id,
+                e.type,
+                e.type_version,
+                w.payload,
+                w.metadata,
+                ts,
+            )
+        return landed
 
     async def _resolve_conflict(
         self, lesson_id: str, events: Sequence[NewEvent], expected_seq: int
@@ -196,18 +376,13 @@ class EventStore:
         ids = [e.id for e in events]
         with translate_errors():
             async with self._connection() as conn:
-                found = {
-                    s.id: s
-                    for s in map(
-                        _row,
-                        await (await conn.execute(_Q["events_by_id"], {"ids": ids})).fetchall(),
-                    )
-                }
+                stored = await _fetch_events(conn, _Q["events_by_id"], {"ids": ids})
                 head = await (
                     await conn.execute(_Q["lesson_head"], {"lesson_id": lesson_id})
                 ).fetchone()
+        found = {s.id: s for s in stored}
         if found:
-            _check_same(events, found, lesson_id)
+            _check_same(events, found, [lesson_id] * len(events))
             if len(found) == len(events):
                 return sorted(found.values(), key=_seq)
             raise DuplicateEventId(f"only part of the batch is stored: {sorted(found)}")
@@ -224,60 +399,80 @@ class EventStore:
         """
         if not events:
             return []
+        lessons = [lesson_id] * len(events)
+        sealed = personal.seal(events, lessons, [e.meta.user_id for e in events])
+        payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
+        metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
         params = {
             "lesson_id": lesson_id,
             "ids": [e.id for e in events],
             "session_ids": [e.meta.session_id for e in events],
             "types": [e.type for e in events],
             "versions": [e.type_version for e in events],
-            "payloads": [orjson.dumps(e.payload).decode() for e in events],
-            "metadata": [orjson.dumps(e.meta.as_json()).decode() for e in events],
+            "payloads": payloads,
+            "metadata": metadata,
         }
         for _ in range(attempts):
             try:
                 with translate_errors():
-                    async with self._connection() as conn:
+                    async with self._connection() as conn, personal.kept(conn, sealed):
                         cur = await conn.execute(_Q["append_lesson_at_end"], params)
-                        stored = sorted(map(_row, await cur.fetchall()), key=_seq)
+                        rows = await cur.fetchall()
             except UniqueKeyTaken:
                 with translate_errors():
                     async with self._connection() as conn:
-                        cur = await conn.execute(_Q["events_by_id"], {"ids": params["ids"]})
-                        found = {s.id: s for s in map(_row, await cur.fetchall())}
+                        ids = {"ids": params["ids"]}
+                        found_events = await _fetch_events(conn, _Q["events_by_id"], ids)
+                found = {s.id: s for s in found_events}
                 if found:  # a retry of a batch that was stored after all
-                    _check_same(events, found, lesson_id)
-                    return sorted(found.values(), key=_seq)
+                    _check_same(events, found, lessons)
+                    return [found[e.id] for e in events if e.id in found]
                 continue  # another writer took the same seq in the same instant
+            stored = personal.reveal(
+                _inserted(events, payloads, metadata, lessons, rows), sealed.personal
+            )
             self._committed(stored)
             return stored
         head = await self.lesson_head(lesson_id)
         raise WrongExpectedSeq(lesson_id, head, head)
 
     async def append_unordered(
-        self, events: Sequence[NewEvent], lesson_id: str | None = None
+        self,
+        events: Sequence[NewEvent],
+        lesson_id: str | None = None,
+        *,
+        lesson_ids: Sequence[str | None] | None = None,
     ) -> list[StoredEvent]:
-        """Append session-level events (no lesson_seq); idempotent by event id."""
+        """Append session-level events (no lesson_seq); idempotent by event id.
+
+        All name `lesson_id`, or each its own (`lesson_ids`, one per event).
+        """
         if not events:
             return []
+        lessons = list(lesson_ids) if lesson_ids is not None else [lesson_id] * len(events)
+        sealed = personal.seal(events, lessons, [e.meta.user_id for e in events])
+        payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
+        metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
         params = {
             "ids": [e.id for e in events],
             "session_ids": [e.meta.session_id for e in events],
-            "lesson_ids": [lesson_id for _ in events],
+            "lesson_ids": lessons,
             "types": [e.type for e in events],
             "versions": [e.type_version for e in events],
-            "payloads": [orjson.dumps(e.payload).decode() for e in events],
-            "metadata": [orjson.dumps(e.meta.as_json()).decode() for e in events],
+            "payloads": payloads,
+            "metadata": metadata,
         }
         with translate_errors():
-            async with self._connection() as conn:
-                new = list(
-                    map(_row, await (await conn.execute(_Q["append_unordered"], params)).fetchall())
+            async with self._connection() as conn, personal.kept(conn, sealed):
+                rows = await (await conn.execute(_Q["append_unordered"], params)).fetchall()
+                new = personal.reveal(
+                    _inserted(events, payloads, metadata, lessons, rows), sealed.personal
                 )
                 if len(new) < len(events):
                     ids = [e.id for e in events]
-                    rows = await (await conn.execute(_Q["events_by_id"], {"ids": ids})).fetchall()
-                    found = {s.id: s for s in map(_row, rows)}
-                    _check_same(events, found, lesson_id)
+                    stored = await _fetch_events(conn, _Q["events_by_id"], {"ids": ids})
+                    found = {s.id: s for s in stored}
+                    _check_same(events, found, lessons)
                     stored = [found[i] for i in ids]
                 else:
                     stored = new
@@ -313,8 +508,7 @@ class EventStore:
         params = {"lesson_id": lesson_id, "after_seq": after_seq, "limit": limit}
         with translate_errors():
             async with self._connection() as conn:
-                cur = await conn.execute(_Q["read_lesson"], params)
-                return list(map(_row, await cur.fetchall()))
+                return await _fetch_events(conn, _Q["read_lesson"], params)
 
     async def read_all(
         self,
@@ -339,6 +533,10 @@ class EventStore:
                 ahead = asyncio.create_task(
                     self.read_all_page(after_position, page_size, type=type, lesson_id=lesson_id)
                 )
+                # Let it send its query now: yielding events to the caller never returns to
+                # the event loop, so without this the server would start on the next page
+                # only once the caller had finished this one.
+                await asyncio.sleep(0)
             try:
                 for event in page:
                     yield event
@@ -362,8 +560,7 @@ class EventStore:
         params = {"after": after_position, "limit": limit, "type": type, "lesson_id": lesson_id}
         with translate_errors():
             async with self._connection() as conn:
-                cur = await conn.execute(_Q["read_all"], params)
-                return list(map(_row, await cur.fetchall()))
+                return await _fetch_events(conn, _Q["read_all"], params)
 
     async def head_position(self) -> int:
         with translate_errors():
@@ -411,6 +608,86 @@ class EventStore:
             listener(stored)
 
 
+def _append_statement(
+    lesson_id: str,
+    events: Sequence[NewEvent],
+    expected_seq: int,
+    payloads: Sequence[str],
+    metadata: Sequence[str],
+) -> tuple[LiteralString, dict[str, Any]]:
+    """The INSERT for a lesson's batch: plain parameters for one event, arrays for more."""
+    if len(events) == 1:
+        e = events[0]
+        return _Q["append_one"], {
+            "lesson_id": lesson_id,
+            "expected_seq": expected_seq,
+            "id": e.id,
+            "session_id": e.meta.session_id,
+            "type": e.type,
+            "type_version": e.type_version,
+            "payload": payloads[0],
+            "metadata": metadata[0],
+        }
+    return _Q["append_lesson"], {
+        "lesson_id": lesson_id,
+        "expected_seq": expected_seq,
+        "ids": [e.id for e in events],
+        "session_ids": [e.meta.session_id for e in events],
+        "types": [e.type for e in events],
+        "versions": [e.type_version for e in events],
+        "payloads": payloads,
+        "metadata": metadata,
+    }
+
+
+def _shared_params(waiting: Sequence[_Waiting]) -> dict[str, Any]:
+    return {
+        "ids": [w.event.id for w in waiting],
+        "session_ids": [w.event.meta.session_id for w in waiting],
+        "lesson_ids": [w.lesson_id for w in waiting],
+        "expected_seqs": [w.expected_seq for w in waiting],
+        "types": [w.event.type for w in waiting],
+        "versions": [w.event.type_version for w in waiting],
+        "payloads": [w.payload for w in waiting],
+        "metadata": [w.metadata for w in waiting],
+    }
+
+
+def _inserted(
+    events: Sequence[NewEvent],
+    payloads: Sequence[str],
+    metadata: Sequence[str],
+    lesson_ids: Sequence[str | None],
+    rows: Sequence[tuple[Any, ...]],
+) -> list[StoredEvent]:
+    """The stored events of an INSERT … RETURNING id, lesson_seq, ts, in the batch's order
+    (which is lesson_seq order for a lesson's batch).
+
+    The rest of each row is what was sent (payload and metadata as the JSON text that was
+    stored), so the database does not send it back.
+    """
+    returned = {id: (lesson_seq, ts) for id, lesson_seq, ts in rows}
+    stored = []
+    for e, payload, meta, lesson_id in zip(events, payloads, metadata, lesson_ids, strict=True):
+        if e.id in returned:
+            lesson_seq, ts = returned[e.id]
+            stored.append(
+                StoredEvent(
+                    e.id,
+                    None,
+                    lesson_id,
+                    lesson_seq,
+                    e.meta.session_id,
+                    e.type,
+                    e.type_version,
+                    payload,
+                    meta,
+                    ts,
+                )
+            )
+    return stored
+
+
 def _retrieve(task: asyncio.Task[Any]) -> None:
     """Consume the outcome of a read-ahead nobody will await (the reader stopped early)."""
     if not task.cancelled():
@@ -422,10 +699,12 @@ def _seq(e: StoredEvent) -> int:
 
 
 def _check_same(
-    events: Sequence[NewEvent], found: Mapping[str, StoredEvent], lesson_id: str | None
+    events: Sequence[NewEvent],
+    found: Mapping[str, StoredEvent],
+    lesson_ids: Sequence[str | None],
 ) -> None:
     """A retried append must carry the same events; anything else reusing an id is an error."""
-    for e in events:
+    for e, lesson_id in zip(events, lesson_ids, strict=True):
         s = found.get(e.id)
         if s is None:
             continue
@@ -436,6 +715,99 @@ def _check_same(
         )
         if not same:
             raise DuplicateEventId(f"event id {e.id} is already stored with other content")
+
+
+@dataclass
+class _Waiting:
+    """A single-event append waiting for the shared INSERT."""
+
+    lesson_id: str
+    event: NewEvent
+    expected_seq: int
+    payload: str
+    metadata: str
+    done: asyncio.Future[list[StoredEvent] | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _SharedAppends:
+    """Single-event appends from concurrent tasks share one INSERT: group commit, one level
+    above Postgres' own.
+
+    Up to `in_flight` statements are on their way at once; the single-event appends that
+    arrive meanwhile gather, and the next statement carries all of them, so under concurrency
+    many callers pay one round trip and one durable commit (alone, an append is one
+    statement, as before).
+    Each row keeps its own guard (append_shared in store.sql), and nothing about an append
+    changes for its caller: it returns once its event is committed. A caller whose row could
+    not land in the shared statement (a stale or early expected_seq, or any row's unique key
+    taken, which fails the whole statement) is answered None and appends alone, exactly as
+    it would have without sharing, so conflicts are resolved one append at a time.
+
+    The statements run in a task of their own: a caller that is cancelled stops waiting, but
+    never cancels a statement that carries other callers' events.
+    """
+
+    def __init__(self, store: EventStore, in_flight: int = SHARED_IN_FLIGHT) -> None:
+        self._store = store
+        self._in_flight = in_flight
+        self._waiting: list[_Waiting] = []
+        self._writers: set[asyncio.Task[None]] = set()
+
+    async def append(self, waiting: _Waiting) -> list[StoredEvent] | None:
+        self._waiting.append(waiting)
+        if len(self._writers) < self._in_flight:
+            writer = asyncio.create_task(self._write_all())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+        return await asyncio.shield(waiting.done)
+
+    async def _write_all(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._write(batch)
+        finally:
+            # Leave the set now, not in a done callback: an append arriving before that
+            # callback ran would count this writer and might start none.
+            current = asyncio.current_task()
+            if current is not None:
+                self._writers.discard(current)
+            if not self._writers:
+                # The last writer, cancelled (the loop is closing): nobody will write for
+                # those still waiting.
+                for w in self._waiting:
+                    _settle(w.done, None, asyncio.CancelledError())
+                self._waiting = []
+
+    async def _write(self, batch: list[_Waiting]) -> None:
+        try:
+            landed = await self._store._insert_shared(batch)
+        except UniqueKeyTaken:
+            landed = {}
+        except BaseException as e:
+            for w in batch:
+                _settle(w.done, None, e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        for w in batch:
+            stored = landed.get(w.event.id)
+            _settle(w.done, [stored] if stored is not None else None)
+
+
+def _settle(
+    future: asyncio.Future[list[StoredEvent] | None],
+    result: list[StoredEvent] | None,
+    error: BaseException | None = None,
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class Sequencer:

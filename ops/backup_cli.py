@@ -11,7 +11,6 @@ AWS_* environment variables, AWS_ENDPOINT_URL for a local S3).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -32,15 +31,12 @@ from ops.backup import (
     run_backup,
     today_utc,
 )
+from ops.benchkit import say
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
 DEFAULT_REGION = "us-east-1"
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _s3(region: str) -> S3Client:
@@ -54,13 +50,13 @@ def cmd_backup_run(args: argparse.Namespace, settings: Settings) -> int:
     source = args.database_url or settings.database_url
     try:
         with database_url(source, settings.home) as url:
-            _say(f"backup: dumping to s3://{args.bucket}/{key}")
+            say(f"backup: dumping to s3://{args.bucket}/{key}")
             result = run_backup(url, _s3(args.region), args.bucket, key)
     except (BackupError, StoreError, BotoCoreError, ClientError) as e:
-        _say(f"error: backup failed, nothing was stored at s3://{args.bucket}/{key}: {e}")
+        say(f"error: backup failed, nothing was stored at s3://{args.bucket}/{key}: {e}")
         return 1
     print(result.uri)
-    _say(
+    say(
         f"backup: {result.uri} · {result.gzip_bytes} bytes gzipped "
         f"({result.sql_bytes} bytes of SQL) in {result.seconds:.2f}s"
     )
@@ -72,15 +68,15 @@ def cmd_backup_restore(args: argparse.Namespace, settings: Settings) -> int:
         with open_dump(args.source, lambda: _s3(args.region)) as dump:
             result = restore(dump, args.into, force=args.force)
     except BackupError as e:
-        _say(f"error: {e}")
+        say(f"error: {e}")
         return 1
     except (StoreError, BotoCoreError, ClientError) as e:
-        _say(f"error: restore from {args.source} failed: {e}")
+        say(f"error: restore from {args.source} failed: {e}")
         return 1
     width = max((len(t) for t in result.tables), default=0)
     for table, rows in result.tables.items():
         print(f"{table:<{width}}  {rows}")
-    _say(
+    say(
         f"restore: {len(result.tables)} tables, {sum(result.tables.values())} rows "
         f"({result.sql_bytes} bytes of SQL) in {result.seconds:.2f}s. Projections are derived "
         "from the event log and can be rebuilt with `omnitutor projections rebuild`."
@@ -90,16 +86,16 @@ def cmd_backup_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_backup_lifecycle(args: argparse.Namespace, settings: Settings) -> int:
     if args.days < 1:
-        _say(f"error: --days must be at least 1, got {args.days}")
+        say(f"error: --days must be at least 1, got {args.days}")
         return 2
     try:
         rules = apply_retention(_s3(args.region), args.bucket, args.prefix, args.days)
     except (BotoCoreError, ClientError) as e:
-        _say(f"error: setting the lifecycle of {args.bucket} failed: {e}")
+        say(f"error: setting the lifecycle of {args.bucket} failed: {e}")
         return 1
     for rule in rules:
-        _say(f"  rule {rule.get('ID')}: {rule.get('Filter')} expire after {rule.get('Expiration')}")
-    _say(
+        say(f"  rule {rule.get('ID')}: {rule.get('Filter')} expire after {rule.get('Expiration')}")
+    say(
         f"lifecycle: s3://{args.bucket}/{normalise_prefix(args.prefix)} objects expire after "
         f"{args.days} days ({len(rules)} rules on the bucket)"
     )

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,12 +28,9 @@ from typing import Any
 from commands.assetstore import AssetStore, LocalAssetStore, S3AssetStore, object_key
 from eventstore.database import database_url
 from eventstore.settings import Settings
-from ops.bench_lessons import pct
+from ops.benchkit import percentile as pct
+from ops.benchkit import say
 from ops.scratch import scratch_database
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def register(areas: Any) -> None:

@@ -20,8 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import glob
+import re
+import shutil
 import statistics
-import sys
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -37,6 +41,7 @@ from eventstore.database import database_url, open_pool
 from eventstore.hub import Hub, Subscription
 from eventstore.settings import Settings
 from eventstore.store import EventStore, NewEvent, Sequencer
+from ops.benchkit import Table, finished, percentile, say
 from ops.cli_groups import command_group
 from ops.scratch import scratch_database
 
@@ -45,10 +50,6 @@ BATCHES = (1, 50)
 SUBSCRIBERS = 100
 PAYLOAD = {"ord": 3, "content_delta": "The spring constant k measures stiffness: " * 3}
 TOPIC = "beat.partial"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -60,29 +61,57 @@ class Row:
     note: str = ""
 
     def cells(self) -> list[str]:
-        def num(v: float | None) -> str:
-            if v is None:
-                return "-"
-            return f"{v:,.1f}" if self.unit == "ms" else f"{v:,.0f}"
-
         ratio = f"{self.ours / self.theirs:.2f}x" if self.ours is not None and self.theirs else "-"
-        return [self.metric, num(self.ours), num(self.theirs), ratio, self.unit, self.note]
+        return [
+            self.metric,
+            _num(self.ours, self.unit),
+            _num(self.theirs, self.unit),
+            ratio,
+            self.unit,
+            self.note,
+        ]
+
+
+def _num(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.1f}" if unit == "ms" else f"{v:,.0f}"
 
 
 def render(rows: list[Row]) -> str:
-    header = ["measure", "ours", "eventsourcing", "ours/theirs", "unit", "note"]
-    table = [header, *(r.cells() for r in rows)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    right = {1, 2, 3}
+    table = Table(
+        ["measure", "ours", "eventsourcing", "ours/theirs", "unit", "note"], right=[1, 2, 3]
+    )
+    for r in rows:
+        table.add(*r.cells())
+    return table.render()
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in table[1:])])
+@dataclass
+class Goal:
+    """One row of issue 14's table: our figure beside its anchor from the same run."""
+
+    measure: str
+    ours: float
+    anchor_name: str
+    anchor: float | None
+    goal: str
+    met: bool | None  # None: no anchor measured (pgbench missing)
+
+    def cells(self) -> list[str]:
+        ratio = f"{self.ours / self.anchor:.2f}x" if self.anchor else "-"
+        met = "-" if self.met is None else ("met" if self.met else "MISSED")
+        anchor = (
+            f"{self.anchor_name} {self.anchor:,.0f}" if self.anchor else f"{self.anchor_name} -"
+        )
+        return [self.measure, f"{self.ours:,.0f}", anchor, ratio, self.goal, met]
+
+
+def render_goals(goals: list[Goal]) -> str:
+    table = Table(["issue 14", "ours", "anchor (same run)", "ratio", "goal", ""], right=[1, 2, 3])
+    for g in goals:
+        table.add(*g.cells())
+    return table.render()
 
 
 # -- the scratch database -------------------------------------------------------------------
@@ -195,6 +224,54 @@ def their_appends(theirs: Theirs, writers: int, batch: int, seconds: float) -> f
     return count / (time.perf_counter() - started)
 
 
+# -- raw INSERTs: pgbench ----------------------------------------------------------------
+
+
+def find_pgbench() -> str | None:
+    """pgbench from PATH, else from a server installation (Debian keeps it there)."""
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"), reverse=True)
+    return candidates[0] if candidates else None
+
+
+RAW_TABLE = """CREATE TABLE IF NOT EXISTS raw_inserts (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    payload JSONB NOT NULL)"""
+_TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
+
+
+def pgbench_inserts(pgbench: str, url: str, clients: int, seconds: float) -> float:
+    """Transactions/s of pgbench running one INSERT of our payload per transaction.
+
+    The floor a one-event append stands on: a durable commit of one row, with none of the
+    log's work (indexes, checks, the sequencer) and no Python.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(RAW_TABLE)
+    # In prepared mode pgbench sends :payload as a parameter, as psycopg does for us.
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write("INSERT INTO raw_inserts (payload) VALUES (:payload);\n")
+        script.flush()
+        command = [
+            pgbench,
+            "--no-vacuum",
+            "--protocol=prepared",
+            f"--define=payload={orjson.dumps(PAYLOAD).decode()}",
+            f"--client={clients}",
+            f"--jobs={min(clients, 2)}",
+            f"--time={max(1, round(seconds))}",
+            f"--file={script.name}",
+            url,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    match = _TPS.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        raise RuntimeError(f"pgbench failed: {result.stderr.strip() or result.stdout.strip()}")
+    return float(match.group(1))
+
+
 # -- catch-up reads -------------------------------------------------------------------------
 
 
@@ -250,13 +327,6 @@ def their_catch_up(theirs: Theirs, page: int) -> tuple[float, int]:
 # -- subscriber latency ---------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def latency(
     url: str, subscribers: int, seconds: float, rate: float
 ) -> dict[str, list[float]]:
@@ -298,12 +368,15 @@ async def latency(
             lessons = list(heads)
 
             async def write(w: int, writers: int) -> None:
-                i = w
+                # Each writer owns its lessons: two writers on one lesson would race for
+                # the same seq (with fewer subscribers than writers, some writers share).
+                mine = lessons[w::writers] or lessons[w % len(lessons) :][:1]
+                i = 0
                 interval = writers / rate
                 next_at = time.perf_counter()
                 while time.perf_counter() < stop:
-                    lesson = lessons[i % len(lessons)]
-                    i += writers
+                    lesson = mine[i % len(mine)]
+                    i += 1
                     event = NewEvent(TOPIC, PAYLOAD)
                     sent[event.id] = time.perf_counter()
                     await store.append(lesson, [event], expected_seq=seqs[lesson])
@@ -372,22 +445,107 @@ async def appends_while_subscribed(
 # -- the run --------------------------------------------------------------------------------
 
 
-async def run(url: str, args: argparse.Namespace) -> list[Row]:
+async def append_pair(
+    url: str, writers: int, batch: int, seconds: float, tag: str
+) -> tuple[float, float]:
+    """Our appends/s, then eventsourcing's, back to back on the same database."""
+    async with our_store(url, writers + 2) as store, sequenced(store):
+        ours = await our_appends(store, writers, batch, seconds, tag)
+    theirs = Theirs(url, writers)
+    try:
+        their_rate = await asyncio.to_thread(their_appends, theirs, writers, batch, seconds)
+    finally:
+        theirs.close()
+    return ours, their_rate
+
+
+async def run(url: str, args: argparse.Namespace) -> tuple[list[Row], list[Goal]]:
     rows: list[Row] = []
+    goals: list[Goal] = []
     seconds = args.seconds
+    rates: dict[tuple[int, int], tuple[float, float]] = {}
     for batch in BATCHES:
         for writers in WRITERS:
             say(f"appends: {writers} writers, batches of {batch} ...")
-            async with our_store(url, writers + 2) as store, sequenced(store):
-                ours = await our_appends(store, writers, batch, seconds, f"a{writers}x{batch}")
-            theirs = Theirs(url, writers)
-            try:
-                their_rate = await asyncio.to_thread(their_appends, theirs, writers, batch, seconds)
-            finally:
-                theirs.close()
+            ours, their_rate = await append_pair(
+                url, writers, batch, seconds, f"a{writers}x{batch}"
+            )
+            rates[writers, batch] = ours, their_rate
             label = "1 event per txn" if batch == 1 else f"batches of {batch}"
             rows.append(Row(f"appends, {writers} writers, {label}", ours, their_rate))
             say(f"  ours {ours:,.0f}/s, eventsourcing {their_rate:,.0f}/s")
+    ours50, theirs50 = rates[8, 50]
+    goals.append(
+        Goal(
+            "appends, batches of 50, 8 writers (events/s)",
+            ours50,
+            "eventsourcing",
+            theirs50,
+            ">= 50,000",
+            ours50 >= 50_000,
+        )
+    )
+
+    pgbench = find_pgbench()
+    say(
+        f"single-event appends, 8 writers: ours, eventsourcing"
+        f"{', pgbench' if pgbench else ' (pgbench not installed)'} alternating, "
+        f"{args.repeat} rounds ..."
+    )
+    singles: list[tuple[float, float, float | None]] = []
+    for i in range(args.repeat):
+        ours, their_rate = await append_pair(url, 8, 1, seconds, f"s{i}")
+        raw = (
+            await asyncio.to_thread(pgbench_inserts, pgbench, url, 8, seconds) if pgbench else None
+        )
+        singles.append((ours, their_rate, raw))
+        rows.append(
+            Row(
+                f"appends, 8 writers, 1 event per txn, round {i + 1} of {args.repeat}",
+                ours,
+                their_rate,
+                note=f"pgbench INSERT {raw:,.0f} tps: {ours / raw:.2f}x" if raw else "",
+            )
+        )
+        say(
+            f"  round {i + 1}: ours {ours:,.0f}/s, eventsourcing {their_rate:,.0f}/s"
+            + (f", pgbench {raw:,.0f} tps" if raw else "")
+        )
+    worst = min(singles, key=lambda r: r[0] / r[1])
+    goals.append(
+        Goal(
+            f"appends, 1 event per txn, 8 writers: worst of {args.repeat} rounds",
+            worst[0],
+            "eventsourcing",
+            worst[1],
+            ">= 3x in every run",
+            worst[0] >= 3 * worst[1],
+        )
+    )
+    with_raw = [r for r in singles if r[2]]
+    if with_raw:
+        low = min(with_raw, key=lambda r: r[0] / (r[2] or 1))
+        goals.append(
+            Goal(
+                f"appends, 1 event per txn, 8 writers: worst of {len(with_raw)} rounds",
+                low[0],
+                "pgbench INSERT",
+                low[2],
+                ">= 0.33x",
+                3 * low[0] >= (low[2] or 0),
+            )
+        )
+    else:
+        goals.append(
+            Goal(
+                "appends, 1 event per txn, 8 writers",
+                statistics.median(r[0] for r in singles),
+                "pgbench INSERT",
+                None,
+                ">= 0.33x",
+                None,
+            )
+        )
 
     say(f"catch-up: generating {args.events:,} events ...")
     await asyncio.to_thread(generate, url, args.events)
@@ -406,6 +564,17 @@ async def run(url: str, args: argparse.Namespace) -> list[Row]:
         )
     )
     say(f"  ours {ours:,.0f}/s, eventsourcing {their_rate:,.0f}/s")
+    goals.insert(
+        0,
+        Goal(
+            f"catch-up reads, pages of {args.page} (events/s)",
+            ours,
+            "eventsourcing",
+            their_rate,
+            ">= 2x",
+            ours >= 2 * their_rate,
+        ),
+    )
 
     say(f"latency: {args.subscribers} subscribers for {seconds:.0f}s ...")
     got = await latency(url, args.subscribers, max(seconds, 3.0), args.rate)
@@ -440,7 +609,7 @@ async def run(url: str, args: argparse.Namespace) -> list[Row]:
             note=f"{b / q:.2f}x of the 0-subscriber rate",
         )
     )
-    return rows
+    return rows, goals
 
 
 def cmd_bench_eventstore(args: argparse.Namespace, settings: Settings) -> int:
@@ -450,11 +619,16 @@ def cmd_bench_eventstore(args: argparse.Namespace, settings: Settings) -> int:
         scratch_database(server_url, "eventstore") as url,
     ):
         say(f"bench eventstore: scratch database {conninfo_to_dict(url).get('dbname')}")
-        rows = asyncio.run(run(url, args))
+        rows, goals = asyncio.run(run(url, args))
     print(render(rows))
-    say(
-        f"bench eventstore: {len(rows)} measures in {time.perf_counter() - started:.0f}s "
-        "(scratch database dropped)"
+    print()
+    print(render_goals(goals))
+    met = sum(1 for g in goals if g.met)
+    finished(
+        "bench eventstore",
+        started,
+        f"{len(rows)} measures, {met} of {len(goals)} issue-14 goals met "
+        "(scratch database dropped)",
     )
     return 0
 

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -39,14 +38,11 @@ import psycopg
 
 from eventstore.database import database_url
 from eventstore.settings import Settings
+from ops.benchkit import percentile, say
 from ops.scratch import scratch_database
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def register(areas: Any) -> None:
@@ -276,13 +272,6 @@ async def make_lessons(client: Any, n: int, topic: str, unique: bool) -> list[st
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 # ---- the phases ----------------------------------------------------------------------------
 
 
@@ -303,9 +292,9 @@ async def phase_latency(srv: Server, n: int) -> dict[str, float]:
                 first_partial.append((partials[0] - started) * 1000)
                 complete.append((ends[0] - started) * 1000)
     return {
-        "first_partial_p50_ms": statistics.median(first_partial),
+        "first_partial_p50_ms": percentile(first_partial, 0.5),
         "first_partial_max_ms": max(first_partial),
-        "complete_p50_ms": statistics.median(complete),
+        "complete_p50_ms": percentile(complete, 0.5),
         "complete_max_ms": max(complete),
         "lessons": len(complete),
     }
@@ -408,12 +397,12 @@ async def phase_active(
         "completed_streams": complete,
         "run_s": run_s,
         "deliveries": len(delays),
-        "delivery_p50_ms": pct(delays, 0.50),
-        "delivery_p99_ms": pct(delays, 0.99),
+        "delivery_p50_ms": percentile(delays, 0.50),
+        "delivery_p99_ms": percentile(delays, 0.99),
         "delivery_max_ms": max(delays) if delays else float("nan"),
         "steady_deliveries": len(steady),
-        "steady_delivery_p50_ms": pct(steady, 0.50),
-        "steady_delivery_p99_ms": pct(steady, 0.99),
+        "steady_delivery_p50_ms": percentile(steady, 0.50),
+        "steady_delivery_p99_ms": percentile(steady, 0.99),
         "events_in_log": appended,
         "open_statements": sum((c_open - c0).values()),
         "live_log_tail_reads": live["log_tail"],

@@ -31,7 +31,8 @@ from eventstore.database import database_url
 from eventstore.ids import new_id
 from eventstore.settings import Settings
 from eventstore.store import EventMeta, EventStore, NewEvent, Sequencer, StoredEvent
-from ops.projections_cli import ProgressBar, open_pool, say
+from ops.benchkit import ProgressBar, percentile, say
+from ops.projections_cli import open_pool
 from ops.scratch import scratch_database
 from projections.catalog import PROJECTIONS
 from projections.rebuild import Rebuild
@@ -241,11 +242,6 @@ async def rebuild(url: str, names: list[str] | None, total: int) -> tuple[float,
     return result.seconds, result.events
 
 
-def pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 async def lag(
     url: str, users: Sequence[tuple[str, str]], rate: int, seconds: float
 ) -> dict[str, list[float]]:
@@ -339,13 +335,15 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         "(target: p99 < 200 ms)"
     )
     for label, values in lags.items():
-        p50, p99, top = (x * 1000 for x in (pct(values, 0.5), pct(values, 0.99), max(values)))
+        p50, p99, top = (
+            x * 1000 for x in (percentile(values, 0.5), percentile(values, 0.99), max(values))
+        )
         print(
             f"  {label:<16} events {len(values):>6,}  p50 {p50:>6.1f} ms  p99 {p99:>6.1f} ms"
             f"  max {top:>6.1f} ms"
         )
     all_s = figures[0][1]
-    worst_p99 = max((pct(v, 0.99) for v in lags.values() if v), default=float("nan"))
+    worst_p99 = max((percentile(v, 0.99) for v in lags.values() if v), default=float("nan"))
     say(
         f"bench projections: full rebuild {args.events:,} events in {all_s:.1f}s "
         f"({args.events / all_s:,.0f}/s); lag p99 {worst_p99 * 1000:.0f} ms at {args.rate}/s"

@@ -34,10 +34,13 @@ from eventstore.migrations import APP_ROLE, MIGRATIONS, grant_app_role, migrate,
 from eventstore.queries import load_queries
 from eventstore.settings import Settings
 from ops import (
+    accounts_cli,
     assets_bucket,
     backup_cli,
     bench_assets,
+    bench_events,
     bench_eventstore,
+    bench_load,
     bench_projections,
     cache_cli,
     events_cli,
@@ -46,13 +49,9 @@ from ops import (
     projections_cli,
     secrets_cli,
 )
+from ops.benchkit import say
 
 _ADMIN = load_queries(Path(_database_file).parent / "sql" / "admin.sql")
-
-
-def say(message: str) -> None:
-    """Progress and summaries go to stderr; stdout carries only what a script would read."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -206,10 +205,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     guardrails_cli.register(sub)
     assets_bucket.register(sub)
     cache_cli.register(sub)
+    accounts_cli.register(sub)
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
     bench_assets.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)
+    bench_load.register(lessons_cli.bench_area(sub))
+    bench_events.register(sub)
     return parser
 
 

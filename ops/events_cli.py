@@ -32,6 +32,7 @@ from eventstore.database import database_url, open_pool
 from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer, StoredEvent
+from ops.benchkit import say
 
 FIELDS = (
     "position",
@@ -45,10 +46,6 @@ FIELDS = (
     "payload",
     "metadata",
 )
-
-
-def say(message: str, *, end: str = "\n") -> None:
-    print(message, file=sys.stderr, end=end, flush=True)
 
 
 @contextlib.asynccontextmanager
@@ -204,6 +201,8 @@ SUMMARIES: dict[type[Any], Summary] = {
     ),
     ev.LessonAbandoned: lambda e: f"abandoned after beat {e.last_beat_ord} ({e.reason})",
     ev.LessonDeleted: lambda e: f"deleted ({e.reason})",
+    ev.LessonTransferred: lambda e: f"moved from {e.from_user_id} to {e.to_user_id} ({e.reason})",
+    ev.LessonErased: lambda e: f"personal data erased ({e.reason})",
     ev.InteractionRecorded: lambda e: (
         f"{e.type}"
         + (f" on beat {e.beat_ord}" if e.beat_ord is not None else "")

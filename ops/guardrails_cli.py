@@ -1,7 +1,8 @@
 """CLI commands for the guardrails.
 
 omnitutor ops purge                          delete expired idempotency keys and old
-                                             rate-limit slices (run hourly by a timer)
+                                             rate-limit slices, end idle sessions (run
+                                             hourly by a timer)
 omnitutor spend flag on|off [--reason TEXT]  the over-quota switch, by hand
 omnitutor spend show                         today's spend, the cap and the flag
 """
@@ -10,21 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from commands import idempotency, ratelimit, spendcap
+from commands import idempotency, ratelimit, sessions, spendcap
 from eventstore.database import Pool, database_url, open_pool
 from eventstore.settings import Settings
+from ops.benchkit import say
 from ops.cli_groups import command_group
 
 T = TypeVar("T")
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _with_pool(settings: Settings, work: Callable[[Pool], Awaitable[T]]) -> T:
@@ -39,20 +36,23 @@ def _with_pool(settings: Settings, work: Callable[[Pool], Awaitable[T]]) -> T:
 def cmd_ops_purge(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
 
-    async def purge(pool: Pool) -> tuple[int, int]:
-        keys = slices = 0
+    async def purge(pool: Pool) -> tuple[int, int, int]:
+        keys = slices = ended = 0
         while n := await idempotency.purge_expired(pool, args.batch):
             keys += n
             say(f"  idempotency keys: {keys} deleted so far")
         while n := await ratelimit.purge_old(pool, batch=args.batch):
             slices += n
             say(f"  rate-limit slices: {slices} deleted so far")
-        return keys, slices
+        while n := await sessions.end_idle_sessions(pool, settings.session_idle_min, args.batch):
+            ended += n
+            say(f"  idle sessions: {ended} ended so far")
+        return keys, slices, ended
 
-    keys, slices = _with_pool(settings, purge)
+    keys, slices, ended = _with_pool(settings, purge)
     say(
-        f"purge: {keys} expired idempotency keys and {slices} old rate-limit slices deleted "
-        f"in {time.perf_counter() - started:.2f}s"
+        f"purge: {keys} expired idempotency keys and {slices} old rate-limit slices deleted, "
+        f"{ended} idle sessions ended in {time.perf_counter() - started:.2f}s"
     )
     return 0
 

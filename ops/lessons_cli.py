@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from typing import Any
 
 from commands.bootstrap import open_provider
 from commands.providers import ProviderError
 from eventstore.settings import Settings
+from ops.benchkit import say
 from ops.cli_groups import Subparsers, command_group
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_hello_model(args: argparse.Namespace, settings: Settings) -> int:

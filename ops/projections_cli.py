@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
 from decimal import Decimal
@@ -29,6 +27,7 @@ from eventstore import database
 from eventstore.database import Pool, database_url
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
+from ops.benchkit import ProgressBar, say
 from ops.cli_groups import command_group
 from projections import checkpoints, spend
 from projections.catalog import BY_NAME
@@ -37,10 +36,6 @@ from projections.rebuild import Rebuild
 from projections.runner import ProjectionRunner
 
 T = TypeVar("T")
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.asynccontextmanager
@@ -66,35 +61,6 @@ async def _until_signalled(work: Awaitable[Any]) -> None:
         loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-class ProgressBar:
-    """`[#####.....] 412,000/1,000,000 events  38,500 ev/s  ETA 15s` on stderr."""
-
-    def __init__(self, label: str, width: int = 30, every_s: float = 0.25) -> None:
-        self.label, self.width, self.every_s = label, width, every_s
-        self.started = time.perf_counter()
-        self.last = 0.0
-        self.tty = sys.stderr.isatty()
-
-    def update(self, done: int, total: int, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not force and now - self.last < (self.every_s if self.tty else 5.0):
-            return
-        self.last = now
-        elapsed = max(now - self.started, 1e-9)
-        rate = done / elapsed
-        left = max(total - done, 0)
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        filled = int(self.width * done / total) if total else self.width
-        bar = "#" * filled + "." * (self.width - filled)
-        line = f"{self.label} [{bar}] {done:,}/{total:,} events  {rate:,.0f} ev/s  ETA {eta}"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr)
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)
 
 
 # -- projections ------------------------------------------------------------------------

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from eventstore.settings import Settings
+from ops.benchkit import say
 from ops.cli_groups import command_group
 from ops.secrets import SecretsError, fetch, normalise_path, render, to_environment, write_private
 
 DEFAULT_REGION = "us-east-1"
 # Never stdout: the values are secrets, and a terminal or a CI log must not see them.
 DEFAULT_OUTPUT = "/etc/omnitutor/env"
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_secrets_env(args: argparse.Namespace, settings: Settings) -> int:
@@ -27,28 +23,28 @@ def cmd_secrets_env(args: argparse.Namespace, settings: Settings) -> int:
     try:
         path = normalise_path(args.path)
     except SecretsError as e:
-        _say(f"error: {e}")
+        say(f"error: {e}")
         return 2
     try:
         client = boto3.client("ssm", region_name=args.region)
         parameters = fetch(client, path)
     except (BotoCoreError, ClientError) as e:
-        _say(f"error: reading SSM parameters under {path}: {e}")
+        say(f"error: reading SSM parameters under {path}: {e}")
         return 1
     if not parameters:
         # An empty file would start the service with no keys at all; better to stop here.
-        _say(f"error: no parameters under {path} in {args.region}; nothing written")
+        say(f"error: no parameters under {path} in {args.region}; nothing written")
         return 1
     try:
         env = to_environment(parameters)
     except SecretsError as e:
-        _say(f"error: {e}; nothing written")
+        say(f"error: {e}; nothing written")
         return 1
     content = render(env, f"from SSM {path} ({args.region})")
     write_private(Path(args.output), content)
     for name in sorted(env):
-        _say(f"  {name}")
-    _say(f"secrets-env: {len(env)} variables from {path} written to {args.output} (mode 0600)")
+        say(f"  {name}")
+    say(f"secrets-env: {len(env)} variables from {path} written to {args.output} (mode 0600)")
     return 0
 
 

@@ -13,6 +13,9 @@ Choices where the contract is silent:
   deltas are not projected: the SSE stream reads them from the log.
 * lesson.deleted soft-deletes the lesson, its beats and its interactions (deleted_at); rows
   written for it later are born deleted.
+* lesson.transferred moves the lesson to its new owner (user_id). lesson.erased (the owner's
+  personal data was purged, docs/privacy.md) deletes the lesson's rows from all four tables;
+  an erased lesson has no further events.
 * Every timestamp is the event's, so a rebuild gives identical rows.
 
 Every handler raises EventNotApplicable for an event that contradicts the model (a plan for a
@@ -46,6 +49,8 @@ from eventstore.events import (
     LessonCompleted,
     LessonCreated,
     LessonDeleted,
+    LessonErased,
+    LessonTransferred,
     PlanLocked,
     PlanRevised,
 )
@@ -141,6 +146,7 @@ class LessonsState:
     revisions: list[PlanRevisionRow] = field(default_factory=list)
     interactions: list[InteractionRow] = field(default_factory=list)
     deleted: dict[str, datetime] = field(default_factory=dict)
+    erased: dict[str, None] = field(default_factory=dict)  # an ordered set
 
 
 def evolve(state: LessonsState, event: StoredEvent) -> None:
@@ -173,6 +179,17 @@ def evolve(state: LessonsState, event: StoredEvent) -> None:
             updated_at=ts,
         )
         state.dirty_lessons[lesson_id] = None
+        return
+    if isinstance(domain, LessonErased):
+        state.lessons.pop(lesson_id, None)
+        state.dirty_lessons.pop(lesson_id, None)
+        for key in [k for k in state.beats if k[0] == lesson_id]:
+            del state.beats[key]
+            state.dirty_beats.pop(key, None)
+        state.revisions = [r for r in state.revisions if r.lesson_id != lesson_id]
+        state.interactions = [i for i in state.interactions if i.lesson_id != lesson_id]
+        state.deleted.pop(lesson_id, None)
+        state.erased[lesson_id] = None
         return
     lesson = state.lessons.get(lesson_id)
     if lesson is None:
@@ -231,6 +248,8 @@ def evolve(state: LessonsState, event: StoredEvent) -> None:
     elif isinstance(domain, LessonAbandoned):
         if lesson.status not in ENDED:
             lesson.status = ABANDONED
+    elif isinstance(domain, LessonTransferred):
+        lesson.user_id = domain.to_user_id
     elif isinstance(domain, LessonDeleted):
         if lesson.deleted_at is None:
             lesson.deleted_at = ts
@@ -340,6 +359,9 @@ async def write(conn: Conn, tables: Tables, state: LessonsState) -> None:
             tables.render(_Q["soft_delete_interactions"]),
             {"lesson_id": list(state.deleted), "deleted_at": list(state.deleted.values())},
         )
+    if state.erased:
+        for query in ("erase_interactions", "erase_plan_revisions", "erase_beats", "erase_lessons"):
+            await conn.execute(tables.render(_Q[query]), {"ids": list(state.erased)})
 
 
 EVENT_TYPES = frozenset(
@@ -354,6 +376,8 @@ EVENT_TYPES = frozenset(
         LessonCompleted.TYPE,
         LessonAbandoned.TYPE,
         LessonDeleted.TYPE,
+        LessonTransferred.TYPE,
+        LessonErased.TYPE,
         InteractionRecorded.TYPE,
     }
 )

@@ -27,7 +27,8 @@ from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import api_schemas, asset_files, health, openapi, routes, sessions
+from web import accounts, api_schemas, asset_files, health, openapi, routes, sessions
+from web.error_events import ErrorEvents
 from web.errors import ApiError, error_response
 from web.idempotency import IdempotencyMiddleware
 from web.middleware import RequestContext
@@ -117,11 +118,16 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             *health.routes,
             *sessions.routes,
             *routes.routes,
+            *accounts.routes,
             Route("/v1/openapi.json", openapi_json, methods=["GET"]),
             # The local asset store's files; with a bucket the CDN serves them.
             *([] if settings.assets_bucket else asset_files.routes(settings.home / "assets")),
         ],
-        middleware=[Middleware(RequestContext), Middleware(IdempotencyMiddleware)],
+        middleware=[
+            Middleware(RequestContext),
+            Middleware(ErrorEvents, per_second=settings.error_events_per_s),
+            Middleware(IdempotencyMiddleware),
+        ],
         exception_handlers={
             HTTPException: on_http_exception,
             CommandError: on_command_error,

@@ -70,7 +70,12 @@ class IdempotencyMiddleware:
         try:
             key = idempotency.validate_key(raw_key)
             try:
-                principal = await authenticate(svc.pool, request.cookies.get(COOKIE))
+                principal = await authenticate(
+                    svc.pool,
+                    request.cookies.get(COOKIE),
+                    days=svc.settings.session_days,
+                    idle_min=svc.settings.session_idle_min,
+                )
             except Unauthorized:
                 if required:
                     raise

@@ -41,7 +41,13 @@ async def principal(request: Request) -> Principal:
     state = request.scope.setdefault("state", {})
     found: Principal | None = state.get("principal")
     if found is None:
-        found = await authenticate(deps(request).pool, request.cookies.get(COOKIE))
+        settings = deps(request).settings
+        found = await authenticate(
+            deps(request).pool,
+            request.cookies.get(COOKIE),
+            days=settings.session_days,
+            idle_min=settings.session_idle_min,
+        )
         state["principal"] = found
     structlog.contextvars.bind_contextvars(user_id=found.user_id, session_id=found.session_id)
     return found

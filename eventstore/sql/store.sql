@@ -1,6 +1,9 @@
 -- The event store's queries. Columns of a stored event, in StoredEvent field order:
 -- id, position, lesson_id, lesson_seq, session_id, type, type_version, payload_json,
--- metadata_json, ts
+-- metadata_json, ts. Reads run in binary format (EventStore._fetch_events): payload and
+-- metadata are cast to text and ts arrives as its raw microsecond count, all through
+-- psycopg's C loaders; StoredEvent decodes the three on first access (most readers never
+-- touch them). A jsonb or timestamptz loader would cost a Python-level call per value.
 
 -- name: append_lesson
 -- A batch lands at lesson_seq expected+1..expected+n, or not at all. The UNIQUE key
@@ -16,8 +19,39 @@ FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(types)s::text[],
 WHERE %(expected_seq)s = 0
    OR EXISTS (SELECT 1 FROM events
               WHERE lesson_id = %(lesson_id)s AND lesson_seq = %(expected_seq)s)
-RETURNING id, position, lesson_id, lesson_seq, session_id, type, type_version,
-          payload_json, metadata_json, ts;
+RETURNING id, lesson_seq, ts::text;
+
+-- name: append_one
+-- append_lesson for a batch of one, with plain parameters: a single event is the common
+-- append, and building six one-element arrays cost more client time than the INSERT.
+INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
+                    payload_json, metadata_json)
+SELECT %(id)s, %(session_id)s, %(lesson_id)s, %(expected_seq)s + 1, %(type)s,
+       %(type_version)s, %(payload)s::jsonb, %(metadata)s::jsonb
+WHERE %(expected_seq)s = 0
+   OR EXISTS (SELECT 1 FROM events
+              WHERE lesson_id = %(lesson_id)s AND lesson_seq = %(expected_seq)s)
+RETURNING id, lesson_seq, ts::text;
+
+-- name: append_shared
+-- Single-event appends of several callers at once (EventStore's shared appends), each row
+-- with its own lesson and its own guard. A row whose guard fails is left out and its caller
+-- appends alone; a unique key taken by any row fails the statement, and then every caller
+-- appends alone.
+INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
+                    payload_json, metadata_json)
+SELECT e.id, e.session_id, e.lesson_id, e.expected_seq + 1, e.type, e.type_version,
+       e.payload::jsonb, e.metadata::jsonb
+FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(lesson_ids)s::text[],
+            %(expected_seqs)s::int[], %(types)s::text[], %(versions)s::smallint[],
+            %(payloads)s::text[], %(metadata)s::text[])
+     WITH ORDINALITY AS e(id, session_id, lesson_id, expected_seq, type, type_version,
+                          payload, metadata, n)
+WHERE e.expected_seq = 0
+   OR EXISTS (SELECT 1 FROM events AS x
+              WHERE x.lesson_id = e.lesson_id AND x.lesson_seq = e.expected_seq)
+ORDER BY e.n
+RETURNING id, lesson_seq, ts::text;
 
 -- name: append_lesson_at_end
 -- A batch that depends on no lesson state (a narration clip's audio.ready) lands after
@@ -34,8 +68,7 @@ FROM head,
      unnest(%(ids)s::text[], %(session_ids)s::text[], %(types)s::text[],
             %(versions)s::smallint[], %(payloads)s::text[], %(metadata)s::text[])
      WITH ORDINALITY AS e(id, session_id, type, type_version, payload, metadata, n)
-RETURNING id, position, lesson_id, lesson_seq, session_id, type, type_version,
-          payload_json, metadata_json, ts;
+RETURNING id, lesson_seq, ts::text;
 
 -- name: append_unordered
 INSERT INTO events (id, session_id, lesson_id, type, type_version, payload_json, metadata_json)
@@ -47,12 +80,11 @@ FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(lesson_ids)s::text[],
      WITH ORDINALITY AS e(id, session_id, lesson_id, type, type_version, payload, metadata, n)
 ORDER BY e.n
 ON CONFLICT (id) DO NOTHING
-RETURNING id, position, lesson_id, lesson_seq, session_id, type, type_version,
-          payload_json, metadata_json, ts;
+RETURNING id, lesson_seq, ts::text;
 
 -- name: events_by_id
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json, metadata_json, ts
+       payload_json::text, metadata_json::text, ts
 FROM events WHERE id = ANY(%(ids)s::text[]);
 
 -- name: lesson_head
@@ -60,7 +92,7 @@ SELECT coalesce(max(lesson_seq), 0) FROM events WHERE lesson_id = %(lesson_id)s;
 
 -- name: read_lesson
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json, metadata_json, ts
+       payload_json::text, metadata_json::text, ts
 FROM events
 WHERE lesson_id = %(lesson_id)s AND lesson_seq > %(after_seq)s
 ORDER BY lesson_seq
@@ -68,7 +100,7 @@ LIMIT %(limit)s;
 
 -- name: read_all
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json, metadata_json, ts
+       payload_json::text, metadata_json::text, ts
 FROM events
 WHERE position > %(after)s
   AND (%(type)s::text IS NULL OR type = %(type)s::text)

@@ -32,7 +32,7 @@ FROM unnest(%(id)s::text[], %(session_id)s::text[], %(user_id)s::text[], %(subje
           plan_json, created_at, completed_at, deleted_at, subject_id, topic_id,
           locked_revision, total_beats, updated_at)
 ON CONFLICT (id) DO UPDATE SET
-  status = EXCLUDED.status, plan_json = EXCLUDED.plan_json,
+  user_id = EXCLUDED.user_id, status = EXCLUDED.status, plan_json = EXCLUDED.plan_json,
   completed_at = EXCLUDED.completed_at, deleted_at = EXCLUDED.deleted_at,
   locked_revision = EXCLUDED.locked_revision, total_beats = EXCLUDED.total_beats,
   updated_at = EXCLUDED.updated_at;
@@ -81,3 +81,16 @@ UPDATE {interactions} AS i
 SET deleted_at = d.deleted_at
 FROM unnest(%(lesson_id)s::text[], %(deleted_at)s::timestamptz[]) AS d(lesson_id, deleted_at)
 WHERE i.lesson_id = d.lesson_id AND i.deleted_at IS NULL;
+
+-- name: erase_interactions
+-- lesson.erased: the lesson's rows go (docs/privacy.md), children first.
+DELETE FROM {interactions} WHERE lesson_id = ANY(%(ids)s::text[]);
+
+-- name: erase_plan_revisions
+DELETE FROM {plan_revisions} WHERE lesson_id = ANY(%(ids)s::text[]);
+
+-- name: erase_beats
+DELETE FROM {beats} WHERE lesson_id = ANY(%(ids)s::text[]);
+
+-- name: erase_lessons
+DELETE FROM {lessons} WHERE id = ANY(%(ids)s::text[]);

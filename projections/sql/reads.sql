@@ -24,8 +24,12 @@ ORDER BY r.revision_num;
 
 -- name: list_lessons
 -- "My library": newest first, keyset-paginated on (created_at, id).
-SELECT id, subject, topic, status, level_at_start, total_beats, created_at, completed_at,
-       updated_at
+SELECT id, subject, topic, status, level_at_start,
+       coalesce(total_beats, jsonb_array_length(plan_json->'beats')) AS total_beats,
+       (SELECT count(*) FROM beats AS b
+        WHERE b.lesson_id = lessons.id AND b.status = 'ready' AND b.deleted_at IS NULL
+       )::int AS beats_completed,
+       created_at, completed_at, updated_at
 FROM lessons
 WHERE user_id = %(user_id)s AND deleted_at IS NULL
   AND (%(after_created)s::timestamptz IS NULL

@@ -1,0 +1,64 @@
+"""Concurrent single-event appends share INSERTs (eventstore/store.py, _SharedAppends) and
+nothing about an append changes for its caller: each lands once at its own seq, a stale
+expected_seq still fails alone, an idempotent retry still returns the stored event."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from eventstore.errors import WrongExpectedSeq
+from eventstore.store import EventStore, StoredEvent
+from tests.logkit import partial
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_concurrent_single_appends_commit_together_each_at_its_own_seq(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    store = EventStore(pool)
+    run = uuid.uuid4().hex[:8]
+    lessons = [f"shared-{run}-{i}" for i in range(20)]
+    heard: list[StoredEvent] = []
+    store.on_append(heard.extend)
+    results = await asyncio.gather(
+        *(store.append(lesson, [partial(i)], expected_seq=0) for i, lesson in enumerate(lessons))
+    )
+    assert [(r[0].lesson_id, r[0].lesson_seq) for r in results] == [(x, 1) for x in lessons]
+    assert sorted(e.id for e in heard) == sorted(r[0].id for r in results)
+    # Gathered before any statement went out, they shared one: one transaction, one ts.
+    assert len({r[0].ts for r in results}) == 1
+    for i, lesson in enumerate(lessons):
+        stored = [e async for e in store.read_lesson(lesson)]
+        assert [(e.lesson_seq, e.payload) for e in stored] == [(1, partial(i).payload)]
+
+
+async def test_a_stale_append_fails_alone_and_a_retry_returns_the_stored_event(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    store = EventStore(pool)
+    run = uuid.uuid4().hex[:8]
+    taken, retried = f"taken-{run}", f"retried-{run}"
+    await store.append(taken, [partial(0)], expected_seq=0)
+    again = partial(1)
+    first = await store.append(retried, [again], expected_seq=0)
+    fresh = [f"fresh-{run}-{i}" for i in range(10)]
+    outcomes = await asyncio.gather(
+        store.append(taken, [partial(2)], expected_seq=0),  # stale: seq 1 is taken
+        store.append(retried, [again], expected_seq=0),  # the same event again
+        *(store.append(lesson, [partial(3)], expected_seq=0) for lesson in fresh),
+        return_exceptions=True,
+    )
+    stale, retry, *landed = outcomes
+    assert isinstance(stale, WrongExpectedSeq)
+    assert stale.current_seq == 1
+    assert isinstance(retry, list)
+    assert [e.id for e in retry] == [first[0].id]
+    assert all(isinstance(r, list) and r[0].lesson_seq == 1 for r in landed)
+    for lesson in (taken, retried, *fresh):
+        assert [e.lesson_seq async for e in store.read_lesson(lesson)] == [1]
