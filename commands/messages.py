@@ -104,3 +104,30 @@ class RecordClientEvents:
 
     caller: Caller
     body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Visualize:
+    """POST /v1/lesson/{id}/visualize: an SVG diagram of a beat."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Animate:
+    """POST /v1/lesson/{id}/animate: a mini-simulation spec of a beat."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MakeMe:
+    """POST /v1/lesson/{id}/makeme: flashcards, notes, slides, video, quiz, summary, mindmap."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]

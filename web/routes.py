@@ -7,9 +7,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from commands.errors import ErrorCode
-from commands.handlers import lessons
-from commands.messages import AbandonLesson, CreatePlan, OpenStream, ReadLesson
+from commands.handlers import lessons, media
+from commands.messages import (
+    AbandonLesson,
+    Animate,
+    CreatePlan,
+    MakeMe,
+    OpenStream,
+    ReadLesson,
+    Visualize,
+)
 from web import api_schemas as schemas
+from web import media_schemas
 from web.idempotency import answer_recorder
 from web.openapi import Spec, api
 from web.requests import answer, body, caller, deps
@@ -98,9 +107,64 @@ async def stream_lesson(request: Request) -> Response:
     return LessonStream(opened.subscription, opened.view, deps(request).settings)
 
 
+_ASSET_ERRORS = (
+    ErrorCode.NOT_FOUND,
+    ErrorCode.CONFLICT,
+    ErrorCode.REFUSED,
+    ErrorCode.OVER_QUOTA,
+    ErrorCode.RATE_LIMITED,
+    ErrorCode.MODEL_UNAVAILABLE,
+)
+
+
+@api(
+    Spec(
+        "An SVG diagram of a ready beat, sanitised, cached forever",
+        request=media_schemas.BEAT_ASSET_REQUEST,
+        response=media_schemas.VISUALIZE_ANSWER,
+        idempotency="required",
+        errors=_ASSET_ERRORS,
+    )
+)
+async def visualize(request: Request) -> Response:
+    cmd = Visualize(await caller(request), request.path_params["lesson_id"], await body(request))
+    return answer(request, await media.visualize(cmd, deps(request)))
+
+
+@api(
+    Spec(
+        "A mini-simulation of a ready beat as a declarative spec, cached forever",
+        request=media_schemas.BEAT_ASSET_REQUEST,
+        response=media_schemas.ANIMATE_ANSWER,
+        idempotency="required",
+        errors=_ASSET_ERRORS,
+    )
+)
+async def animate(request: Request) -> Response:
+    cmd = Animate(await caller(request), request.path_params["lesson_id"], await body(request))
+    return answer(request, await media.animate(cmd, deps(request)))
+
+
+@api(
+    Spec(
+        "A make-me output of a complete lesson, cached forever",
+        request=media_schemas.MAKEME_REQUEST,
+        response=media_schemas.MAKEME_ANSWER,
+        idempotency="required",
+        errors=_ASSET_ERRORS,
+    )
+)
+async def makeme(request: Request) -> Response:
+    cmd = MakeMe(await caller(request), request.path_params["lesson_id"], await body(request))
+    return answer(request, await media.makeme(cmd, deps(request)))
+
+
 routes = [
     Route("/v1/plan", create_plan, methods=["POST"]),
     Route("/v1/lesson/{lesson_id}", get_lesson, methods=["GET"]),
     Route("/v1/lesson/{lesson_id}/stream", stream_lesson, methods=["GET"]),
     Route("/v1/lesson/{lesson_id}/abandon", abandon_lesson, methods=["POST"]),
+    Route("/v1/lesson/{lesson_id}/visualize", visualize, methods=["POST"]),
+    Route("/v1/lesson/{lesson_id}/animate", animate, methods=["POST"]),
+    Route("/v1/lesson/{lesson_id}/makeme", makeme, methods=["POST"]),
 ]

@@ -29,15 +29,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anthropic
 from anthropic.types import MessageParam
 
 from commands.providers import (
+    BeatBrief,
     BeatContent,
     DeltaCallback,
     InvalidOutput,
+    LessonBrief,
     ModelRun,
     ModelUnavailable,
     Plan,
@@ -48,6 +50,7 @@ from commands.providers import (
     Result,
     Tier,
     Verdict,
+    media,
     prompts,
 )
 from commands.providers.prices import contract_model_name, cost_usd
@@ -145,6 +148,38 @@ class AnthropicProvider:
     ) -> Result[str]:
         message = prompts.answer_message(question, plan, ord, request)
         return await self._text_call("ask", prompts.ANSWER_SYSTEM, message, ANSWER_MAX_TOKENS)
+
+    async def diagram(self, beat: BeatBrief, request: str, tier: Tier) -> Result[str]:
+        message = media.beat_message("diagram", beat, request)
+        return await self._json_call(
+            tier,
+            "visualize",
+            media.DIAGRAM_SYSTEM,
+            message,
+            media.parse_diagram,
+            media.DIAGRAM_MAX_TOKENS,
+        )
+
+    async def simulation(self, beat: BeatBrief, request: str, tier: Tier) -> Result[dict[str, Any]]:
+        message = media.beat_message("simulation", beat, request)
+        return await self._json_call(
+            tier,
+            "animate",
+            media.SIMULATION_SYSTEM,
+            message,
+            media.parse_simulation,
+            media.SIMULATION_MAX_TOKENS,
+        )
+
+    async def makeme(self, output: str, lesson: LessonBrief, tier: Tier) -> Result[dict[str, Any]]:
+        return await self._json_call(
+            tier,
+            "makeme",
+            media.makeme_system(output),
+            media.makeme_message(output, lesson),
+            lambda text: media.parse_makeme(output, text),
+            media.MAKEME_MAX_TOKENS,
+        )
 
     async def hello(self) -> Result[str]:
         message = prompts.hello_message()
