@@ -307,9 +307,9 @@ class EventStore:
         payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
         metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
         shared = None
-        if len(events) == 1 and not sealed.rows and in_transaction is None:
+        if len(events) == 1 and in_transaction is None:
             shared = await self._shared.append(
-                _Waiting(lesson_id, events[0], expected_seq, payloads[0], metadata[0])
+                _Waiting(lesson_id, events[0], expected_seq, payloads[0], metadata[0], sealed)
             )
         if shared:
             stored = shared
@@ -365,10 +365,17 @@ class EventStore:
             )
         else:
             query, params = _Q["append_shared"], _shared_params(waiting)
+        vault = [row for w in waiting for row in w.sealed.rows]
         with translate_errors():
-            async with self._connection() as conn:
+            async with (
+                self._connection() as conn,
+                conn.transaction() if vault else contextlib.nullcontext(),
+            ):
                 cur = await conn.execute(query, params)
                 rows = await cur.fetchall()
+                # The vault rows of the events that landed, in the same commit.
+                landed_ids = {r[0] for r in rows}
+                await personal.keep(conn, [v for v in vault if v.event_id in landed_ids])
         by_id = {w.event.id: w for w in waiting}
         landed = {}
         for id, lesson_seq, ts in rows:
@@ -744,6 +751,7 @@ class _Waiting:
     expected_seq: int
     payload: str
     metadata: str
+    sealed: personal.Sealed  # its personal fields, kept in the vault when it lands
     done: asyncio.Future[list[StoredEvent] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
