@@ -48,6 +48,7 @@ bench: venv
 	$(BIN)/omnitutor bench eventstore
 	$(BIN)/omnitutor bench projections
 	$(BIN)/omnitutor bench lessons
+	$(BIN)/omnitutor bench assets
 	$(BIN)/omnitutor bench load
 	$(BIN)/omnitutor bench events
 

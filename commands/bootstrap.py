@@ -11,8 +11,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from commands.assets import Assets
+from commands.assetstore import open_asset_store
 from commands.generation import GenerationConfig, Supervisor, tier_models
+from commands.handlers import media
+from commands.lesson_model import LessonState
 from commands.mailer import Mailer, open_mailer
+from commands.narration import Narrator, open_narrator
 from commands.providers import Provider, ProviderConfig, Tier, make_provider
 from commands.ratelimit import RateLimits
 from eventstore.database import Pool
@@ -30,6 +35,8 @@ class Deps:
     provider: Provider
     supervisor: Supervisor
     limits: RateLimits
+    assets: Assets  # the asset store behind the assets table (docs/assets.md)
+    narrator: Narrator  # text to speech, cached forever; disabled without a key
     mailer: Mailer  # sign-in mail: SES, or the local outbox (commands/mailer.py)
 
 
@@ -71,6 +78,8 @@ def rate_limits(settings: Settings) -> RateLimits:
         ask_anon=settings.limit_ask_anon_per_hour,
         plan_user=settings.limit_plan_user_per_hour,
         ask_user=settings.limit_ask_user_per_hour,
+        viz_anon=settings.limit_viz_anon_per_hour,
+        viz_user=settings.limit_viz_user_per_hour,
         magic_link_ip=settings.limit_magic_link_ip_per_hour,
         magic_link_email=settings.limit_magic_link_email_per_hour,
     )
@@ -82,18 +91,37 @@ async def open_deps(
 ) -> AsyncIterator[Deps]:
     """Build the handlers' dependencies; on exit stop generation and close the provider."""
     provider = open_provider(settings)
-    supervisor = Supervisor(pool, store, provider, generation_config(settings))
+    assets = Assets(pool, open_asset_store(settings))
+    narrator = open_narrator(settings, assets, store)
+    built: list[Deps] = []
+
+    async def preorder(state: LessonState) -> None:
+        await media.preorder(built[0], state)  # the intent's outputs, when a lesson completes
+
+    supervisor = Supervisor(
+        pool,
+        store,
+        provider,
+        generation_config(settings),
+        narrator=narrator,
+        on_complete=preorder,
+    )
+    deps = Deps(
+        settings,
+        pool,
+        store,
+        hub,
+        provider,
+        supervisor,
+        rate_limits(settings),
+        assets=assets,
+        narrator=narrator,
+        mailer=open_mailer(settings),
+    )
+    built.append(deps)
     try:
-        yield Deps(
-            settings,
-            pool,
-            store,
-            hub,
-            provider,
-            supervisor,
-            rate_limits(settings),
-            open_mailer(settings),
-        )
+        yield deps
     finally:
         await supervisor.aclose()
+        await narrator.aclose()
         await provider.aclose()

@@ -29,7 +29,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -54,6 +54,7 @@ from commands.lesson_model import (
     fold,
     run_event,
 )
+from commands.narration import Narrator, narrated
 from commands.plan import (
     BEAT_CACHE_DAYS,
     beat_cache_key,
@@ -75,6 +76,8 @@ from eventstore.store import EventMeta, EventStore
 _Q = load_queries(Path(__file__).parent / "sql" / "lessons.sql")
 log = structlog.get_logger(__name__)
 
+# Runs once, in the worker that completed the lesson, before its lease is released.
+CompletionHook = Callable[[LessonState], Awaitable[None]]
 MAX_RATE_LIMIT_WAITS = 5
 
 MAX_RETRY_AFTER_S = 30.0
@@ -168,12 +171,16 @@ class LessonWorker:
         pool: Pool,
         provider: Provider,
         config: GenerationConfig,
+        narrator: Narrator | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> None:
         self.lesson_id = lesson_id
+        self.on_complete = on_complete
         self.store = store
         self.pool = pool
         self.provider = provider
         self.config = config
+        self.narrator = narrator
         self.trace_id = new_trace_id()
         self.meta = EventMeta(trace_id=self.trace_id)
         self.state = LessonState(lesson_id=lesson_id)
@@ -206,13 +213,18 @@ class LessonWorker:
             return "done"  # nothing to generate: no such lesson
         if self.state.status == DRAFT:
             await self.commit(decide_lock)
+        was_complete = self.state.status == COMPLETE
         while True:
             if self.state.status == COMPLETE:
+                if not was_complete and self.on_complete is not None:
+                    await self.on_complete(self.state)  # e.g. the intent's pre-ordered outputs
                 return "done"
             if self.state.status == ABANDONED:
                 return "abandoned"
             beat = self.state.next_beat()
             if beat is None:
+                if self.narrator is not None:
+                    await self.narrator.settle(self.lesson_id)  # audio_ready before the end
                 await self.commit(lambda s: decide_complete_lesson(s, _now()))
                 continue
             try:
@@ -241,13 +253,17 @@ class LessonWorker:
             attempt = self.state.beat(ord).attempt
             content = beat_from_cache(cached[1])
             hit = CacheHit(key_kind="beat", model=cached[0])
-            await self.commit(
-                lambda s: decide_complete_beat(s, ord, attempt, content, prefix=[hit], now=_now())
+            await self.complete(
+                ord,
+                content,
+                lambda s: decide_complete_beat(s, ord, attempt, content, prefix=[hit], now=_now()),
             )
             return True
         plan = state.plan_object()
         request = plan_request(state.subject, state.topic, state.level, state.intent)
-        tiers = list(self.config.tiers)
+        # Derivations need hard reasoning: the deep tier first, then the usual fallbacks.
+        deep = [Tier.DEEP] if state.beat(ord).kind == "derivation" else []
+        tiers = [*deep, *self.config.tiers]
         rate_limit_waits = 0
         failure: providers.ProviderError | None = None
         while tiers:
@@ -286,7 +302,9 @@ class LessonWorker:
                 await self.record(result.runs, ord)
                 await self.fail(ord, None, refusal=e)
                 return False
-            await self.commit(
+            await self.complete(
+                ord,
+                result.value,
                 partial(
                     decide_complete_beat,
                     ord=ord,
@@ -295,12 +313,29 @@ class LessonWorker:
                     final_delta=partials.pending,
                     prefix=runs,
                     now=_now(),
-                )
+                ),
             )
             await cache_put(self.pool, key, model, beat_to_cache(result.value), BEAT_CACHE_DAYS)
             return True
         await self.fail(ord, failure)
         return False
+
+    async def complete(
+        self,
+        ord: int,
+        content: providers.BeatContent,
+        decide: Callable[[LessonState], list[DomainEvent]],
+    ) -> None:
+        """Append a beat's completion, then hand its narration to the narrator (the hook of
+        commands/narration.py: a clip already stored rides in beat.completed)."""
+        narrator = self.narrator if self.narrator is not None and self.narrator.enabled else None
+        if narrator is None:
+            await self.commit(decide)
+            return
+        audio_url = await narrator.cached(content.narration_text)
+        await self.commit(lambda s: narrated(decide(s), audio_url, hold_completion=True))
+        if audio_url is None:
+            narrator.beat_completed(self.lesson_id, ord, content.narration_text, self.meta)
 
     async def screen_output(self, content: providers.BeatContent) -> None:
         """Output moderation (contracts §10): a generated beat is scanned before it is kept."""
@@ -397,11 +432,15 @@ class Supervisor:
         provider: Provider,
         config: GenerationConfig,
         owner: str | None = None,
+        narrator: Narrator | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> None:
+        self.on_complete = on_complete
         self.store = store
         self.pool = pool
         self.provider = provider
         self.config = config
+        self.narrator = narrator
         self.leases = Leases(pool, owner or worker_id(), config.lease_ttl_s)
         self.workers: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -461,7 +500,15 @@ class Supervisor:
             )
 
     async def _work(self, lesson_id: str) -> None:
-        worker = LessonWorker(lesson_id, self.store, self.pool, self.provider, self.config)
+        worker = LessonWorker(
+            lesson_id,
+            self.store,
+            self.pool,
+            self.provider,
+            self.config,
+            self.narrator,
+            self.on_complete,
+        )
         outcome: str | None = None
         try:
             outcome = await worker.run()

@@ -289,7 +289,7 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
             return replace(s, deleted=True)
         case LessonTransferred():
             return replace(s, user_id=event.to_user_id)
-        case ErrorRaised():
+        case ErrorRaised(source="generation"):
             return replace(s, failed_seq=seq)
         case InteractionRecorded():
             done = Interaction(

@@ -107,6 +107,33 @@ class RecordClientEvents:
 
 
 @dataclass(frozen=True)
+class Visualize:
+    """POST /v1/lesson/{id}/visualize: an SVG diagram of a beat."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Animate:
+    """POST /v1/lesson/{id}/animate: a mini-simulation spec of a beat."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MakeMe:
+    """POST /v1/lesson/{id}/makeme: flashcards, notes, slides, video, quiz, summary, mindmap."""
+
+    caller: Caller
+    lesson_id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Ask:
     """POST /v1/lesson/{id}/ask: a question mid-lesson."""
 

@@ -42,6 +42,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class Bucket(StrEnum):
     PLAN = "plan"
     ASK = "ask"
+    VIZ = "viz"  # visualize, animate and make-me (generated assets)
     MAGIC_LINK = "magic_link"  # sign-in mail, limited per client IP and per email
 
 
@@ -59,6 +60,8 @@ class RateLimits:
     ask_anon: int = 60
     plan_user: int = 30
     ask_user: int = 300
+    viz_anon: int = 20
+    viz_user: int = 100
     magic_link_ip: int = 10
     magic_link_email: int = 5
     window: timedelta = WINDOW
@@ -66,9 +69,12 @@ class RateLimits:
     def limit(self, scope: Scope, bucket: Bucket) -> int:
         if bucket is Bucket.MAGIC_LINK:
             return self.magic_link_email if scope is Scope.EMAIL else self.magic_link_ip
-        if scope is Scope.IP:
-            return self.plan_anon if bucket is Bucket.PLAN else self.ask_anon
-        return self.plan_user if bucket is Bucket.PLAN else self.ask_user
+        anon = scope is Scope.IP
+        if bucket is Bucket.PLAN:
+            return self.plan_anon if anon else self.plan_user
+        if bucket is Bucket.VIZ:
+            return self.viz_anon if anon else self.viz_user
+        return self.ask_anon if anon else self.ask_user
 
     @property
     def slice(self) -> timedelta:

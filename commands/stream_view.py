@@ -186,7 +186,9 @@ class StreamView:
                     trace_id=p["trace_id"],
                     retry_after_ms=p.get("retry_after_ms"),
                 )
-                # An old error that generation has since moved past is history, not the end.
-                return Frame(ERROR, data, eid), seq >= self.stop_on_error_from
+                # An old error that generation has since moved past is history, not the end;
+                # a missing narration clip never ends the lesson.
+                ends = seq >= self.stop_on_error_from and p.get("source") != "narration"
+                return Frame(ERROR, data, eid), ends
             case _:
                 return None, False

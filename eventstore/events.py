@@ -269,6 +269,10 @@ class ErrorRaised:
     recoverable: bool
     trace_id: str
     retry_after_ms: int | None = None
+    # What failed: "generation" (the lesson cannot go on until the stream is reopened) or
+    # "narration" (one clip is missing; the lesson goes on). Added with a default, so
+    # payloads stored before it read as "generation", which is what they were.
+    source: str = "generation"
 
 
 DomainEvent: TypeAlias = (

@@ -93,6 +93,8 @@ class Settings:
     limit_ask_anon_per_hour: int = 60  # OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR
     limit_plan_user_per_hour: int = 30  # OMNITUTOR_LIMIT_PLAN_USER_PER_HOUR
     limit_ask_user_per_hour: int = 300  # OMNITUTOR_LIMIT_ASK_USER_PER_HOUR
+    limit_viz_anon_per_hour: int = 20  # OMNITUTOR_LIMIT_VIZ_ANON_PER_HOUR
+    limit_viz_user_per_hour: int = 100  # OMNITUTOR_LIMIT_VIZ_USER_PER_HOUR
     trusted_proxies: tuple[IPNetwork, ...] = ()  # OMNITUTOR_TRUSTED_PROXIES
     # Origins besides the service's own allowed to send state-changing requests (CORS-free
     # cross-site writes are refused otherwise).
@@ -120,6 +122,16 @@ class Settings:
     sse_retry_ms: int = 1000  # OMNITUTOR_SSE_RETRY_MS: the stream's `retry:` field
     # Projections (docs/projections.md).
     projections_poll_s: float = 0.5  # OMNITUTOR_PROJECTIONS_POLL_S: runner's fallback poll
+    # Assets and narration (docs/assets.md).
+    assets_bucket: str | None = None  # OMNITUTOR_ASSETS_BUCKET; None → files under home/assets
+    assets_prefix: str = ""  # OMNITUTOR_ASSETS_PREFIX: key prefix inside the bucket
+    assets_base_url: str | None = None  # OMNITUTOR_ASSETS_BASE_URL: public base of asset URLs
+    elevenlabs_api_key: str | None = field(default=None, repr=False)  # ELEVENLABS_API_KEY
+    elevenlabs_base_url: str | None = None  # ELEVENLABS_BASE_URL
+    tts_voice_id: str = "21m00Tcm4TlvDq8ikWAM"  # OMNITUTOR_TTS_VOICE_ID
+    tts_model: str = "eleven_flash_v2_5"  # OMNITUTOR_TTS_MODEL
+    tts_timeout_s: float = 30.0  # OMNITUTOR_TTS_TIMEOUT_S: one synthesis call
+    tts_plan_wait_s: float = 3.0  # OMNITUTOR_TTS_PLAN_WAIT_S: plan answer waits for beat 1's clip
     # Accounts and personal data (docs/accounts.md, docs/privacy.md).
     public_url: str = "http://127.0.0.1:8790"  # OMNITUTOR_PUBLIC_URL: links in mail start so
     mail_from: str | None = None  # OMNITUTOR_MAIL_FROM: SES sender; unset → local outbox
@@ -185,6 +197,21 @@ class Settings:
             sse_send_timeout_s=_float(e, "OMNITUTOR_SSE_SEND_TIMEOUT_S", d.sse_send_timeout_s),
             sse_retry_ms=_int(e, "OMNITUTOR_SSE_RETRY_MS", d.sse_retry_ms),
             projections_poll_s=_float(e, "OMNITUTOR_PROJECTIONS_POLL_S", d.projections_poll_s),
+            limit_viz_anon_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_VIZ_ANON_PER_HOUR", d.limit_viz_anon_per_hour
+            ),
+            limit_viz_user_per_hour=_int(
+                e, "OMNITUTOR_LIMIT_VIZ_USER_PER_HOUR", d.limit_viz_user_per_hour
+            ),
+            assets_bucket=e.get("OMNITUTOR_ASSETS_BUCKET") or None,
+            assets_prefix=_prefix(e.get("OMNITUTOR_ASSETS_PREFIX") or d.assets_prefix),
+            assets_base_url=(e.get("OMNITUTOR_ASSETS_BASE_URL") or "").rstrip("/") or None,
+            elevenlabs_api_key=e.get("ELEVENLABS_API_KEY") or None,
+            elevenlabs_base_url=e.get("ELEVENLABS_BASE_URL") or None,
+            tts_voice_id=e.get("OMNITUTOR_TTS_VOICE_ID") or d.tts_voice_id,
+            tts_model=e.get("OMNITUTOR_TTS_MODEL") or d.tts_model,
+            tts_timeout_s=_float(e, "OMNITUTOR_TTS_TIMEOUT_S", d.tts_timeout_s),
+            tts_plan_wait_s=_float(e, "OMNITUTOR_TTS_PLAN_WAIT_S", d.tts_plan_wait_s),
             public_url=(e.get("OMNITUTOR_PUBLIC_URL") or d.public_url).rstrip("/"),
             mail_from=e.get("OMNITUTOR_MAIL_FROM") or d.mail_from,
             mail_region=(
@@ -215,3 +242,9 @@ def _provider(env: Mapping[str, str]) -> str:
     if kind == "anthropic" and not has_key:
         raise SystemExit("OMNITUTOR_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
     return kind
+
+
+def _prefix(raw: str) -> str:
+    """A key prefix ends with "/" (or is empty), so "audio" and "audio/" mean the same."""
+    stripped = raw.strip().strip("/")
+    return f"{stripped}/" if stripped else ""

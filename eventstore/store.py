@@ -307,9 +307,9 @@ class EventStore:
         payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
         metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
         shared = None
-        if len(events) == 1 and not sealed.rows and in_transaction is None:
+        if len(events) == 1 and in_transaction is None:
             shared = await self._shared.append(
-                _Waiting(lesson_id, events[0], expected_seq, payloads[0], metadata[0])
+                _Waiting(lesson_id, events[0], expected_seq, payloads[0], metadata[0], sealed)
             )
         if shared:
             stored = shared
@@ -365,10 +365,17 @@ class EventStore:
             )
         else:
             query, params = _Q["append_shared"], _shared_params(waiting)
+        vault = [row for w in waiting for row in w.sealed.rows]
         with translate_errors():
-            async with self._connection() as conn:
+            async with (
+                self._connection() as conn,
+                conn.transaction() if vault else contextlib.nullcontext(),
+            ):
                 cur = await conn.execute(query, params)
                 rows = await cur.fetchall()
+                # The vault rows of the events that landed, in the same commit.
+                landed_ids = {r[0] for r in rows}
+                await personal.keep(conn, [v for v in vault if v.event_id in landed_ids])
         by_id = {w.event.id: w for w in waiting}
         landed = {}
         for id, lesson_seq, ts in rows:
@@ -406,6 +413,53 @@ class EventStore:
             raise DuplicateEventId(f"only part of the batch is stored: {sorted(found)}")
         current = int(head[0]) if head else 0
         raise WrongExpectedSeq(lesson_id, expected_seq, current)
+
+    async def append_at_end(
+        self, lesson_id: str, events: Sequence[NewEvent], attempts: int = 50
+    ) -> list[StoredEvent]:
+        """Append a batch after the lesson's current last event, whatever it is.
+
+        Only for events no decision depends on (audio.ready after a clip is stored): every
+        other lesson write names its expected_seq. Idempotent by event id.
+        """
+        if not events:
+            return []
+        lessons = [lesson_id] * len(events)
+        sealed = personal.seal(events, lessons, [e.meta.user_id for e in events])
+        payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
+        metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
+        params = {
+            "lesson_id": lesson_id,
+            "ids": [e.id for e in events],
+            "session_ids": [e.meta.session_id for e in events],
+            "types": [e.type for e in events],
+            "versions": [e.type_version for e in events],
+            "payloads": payloads,
+            "metadata": metadata,
+        }
+        for _ in range(attempts):
+            try:
+                with translate_errors():
+                    async with self._connection() as conn, personal.kept(conn, sealed):
+                        cur = await conn.execute(_Q["append_lesson_at_end"], params)
+                        rows = await cur.fetchall()
+            except UniqueKeyTaken:
+                with translate_errors():
+                    async with self._connection() as conn:
+                        ids = {"ids": params["ids"]}
+                        found_events = await _fetch_events(conn, _Q["events_by_id"], ids)
+                found = {s.id: s for s in found_events}
+                if found:  # a retry of a batch that was stored after all
+                    _check_same(events, found, lessons)
+                    return [found[e.id] for e in events if e.id in found]
+                continue  # another writer took the same seq in the same instant
+            stored = personal.reveal(
+                _inserted(events, payloads, metadata, lessons, rows), sealed.personal
+            )
+            self._committed(stored)
+            return stored
+        head = await self.lesson_head(lesson_id)
+        raise WrongExpectedSeq(lesson_id, head, head)
 
     async def append_unordered(
         self,
@@ -697,6 +751,7 @@ class _Waiting:
     expected_seq: int
     payload: str
     metadata: str
+    sealed: personal.Sealed  # its personal fields, kept in the vault when it lands
     done: asyncio.Future[list[StoredEvent] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )

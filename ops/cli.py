@@ -35,11 +35,14 @@ from eventstore.queries import load_queries
 from eventstore.settings import Settings
 from ops import (
     accounts_cli,
+    assets_bucket,
     backup_cli,
+    bench_assets,
     bench_events,
     bench_eventstore,
     bench_load,
     bench_projections,
+    cache_cli,
     events_cli,
     guardrails_cli,
     lessons_cli,
@@ -206,9 +209,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     lessons_cli.register(sub)
     events_cli.register(sub)
     guardrails_cli.register(sub)
+    assets_bucket.register(sub)
+    cache_cli.register(sub)
     accounts_cli.register(sub)
     projections_cli.register(sub)
     bench_projections.register(lessons_cli.bench_area(sub))
+    bench_assets.register(lessons_cli.bench_area(sub))
     bench_eventstore.register(sub)
     bench_load.register(lessons_cli.bench_area(sub))
     bench_events.register(sub)

@@ -21,11 +21,11 @@ from eventstore.database import create_database, database_url, drop_database, op
 from eventstore.migrations import MIGRATIONS, migrate
 from eventstore.settings import Settings
 
-pytest_plugins = ["tests.fakes.anthropic_server"]
+pytest_plugins = ["tests.fakes.anthropic_server", "tests.fakes.elevenlabs_server"]
 
 _counter = itertools.count()
 
-pytest_plugins = ["tests.fakes.anthropic_server"]
+pytest_plugins = ["tests.fakes.anthropic_server", "tests.fakes.elevenlabs_server"]
 
 
 @pytest.fixture(scope="session")

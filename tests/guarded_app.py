@@ -17,10 +17,12 @@ from starlette.applications import Starlette
 
 from commands.providers import (
     Adjustment,
+    BeatBrief,
     BeatContent,
     DeltaCallback,
     Drawing,
     Grade,
+    LessonBrief,
     ModelRun,
     Plan,
     PlanRequest,
@@ -107,6 +109,15 @@ class ScriptedProvider:
 
     async def hello(self) -> Result[str]:
         return await self._offline.hello()
+
+    async def diagram(self, beat: BeatBrief, request: str, tier: Tier) -> Result[str]:
+        return await self._offline.diagram(beat, request, tier)
+
+    async def simulation(self, beat: BeatBrief, request: str, tier: Tier) -> Result[dict[str, Any]]:
+        return await self._offline.simulation(beat, request, tier)
+
+    async def makeme(self, output: str, lesson: LessonBrief, tier: Tier) -> Result[dict[str, Any]]:
+        return await self._offline.makeme(output, lesson, tier)
 
     async def aclose(self) -> None:
         await self._offline.aclose()

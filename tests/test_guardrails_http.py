@@ -289,7 +289,7 @@ def test_the_key_is_mandatory_on_plan_and_named_when_missing(db_url: str) -> Non
         r = post_plan(client, None)
         bad = post_plan(client, "not a key")
         adjust = client.post("/v1/lesson/01HZX/adjust", json={})
-        makeme = client.post("/v1/lesson/01HZX/makeme", json={})
+        nosuch = client.post("/v1/lesson/01HZX/nosuch", json={})
         anonymous = httpx.post(
             f"{base}/v1/plan", json=plan_body(), headers={"Idempotency-Key": "x"}
         )
@@ -297,10 +297,9 @@ def test_the_key_is_mandatory_on_plan_and_named_when_missing(db_url: str) -> Non
     assert body["field"] == "Idempotency-Key"
     assert "Idempotency-Key" in body["message"]
     assert assert_envelope(bad, "invalid_input")["field"] == "Idempotency-Key"
-    # adjust exists and needs the key; no route answers makeme yet: the router's 404, not a
-    # key check (issue 9: a key is only looked at for a route that exists and accepts it).
+    # adjust exists and needs the key; a route that does not exist is the router's 404.
     assert assert_envelope(adjust, "invalid_input")["field"] == "Idempotency-Key"
-    assert_envelope(makeme, "not_found")
+    assert_envelope(nosuch, "not_found")
     assert_envelope(anonymous, "unauthorized")
     # Each refusal's own `error` event, and nothing else.
     assert {e["type"] for e in events(db_url)} <= {"error"}

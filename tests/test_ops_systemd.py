@@ -175,3 +175,26 @@ def test_the_privacy_purge_runs_daily_and_erases_after_thirty_days() -> None:
     command = shlex.split(one(service, "Service", "ExecStart"))
     args = build_parser(Settings()).parse_args(command[1:])
     assert (args.command, args.privacy, args.older_than) == ("privacy", "purge", None)
+
+
+def test_the_timer_starts_the_plan_prewarm_nightly_at_low_priority() -> None:
+    timer = parse_unit(UNITS / "omnitutor-prewarm.timer")
+    assert one(timer, "Timer", "Unit") == "omnitutor-prewarm.service"
+    assert one(timer, "Timer", "Persistent") == "true"
+    result = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=2", one(timer, "Timer", "OnCalendar")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    days = re.findall(r"\w{3} (\d{4}-\d{2}-\d{2}) 03:30:00 UTC", result.stdout)
+    first, second = (date.fromisoformat(d) for d in days[:2])
+    assert (second - first).days == 1
+    service = parse_unit(UNITS / "omnitutor-prewarm.service")
+    assert one(service, "Service", "Type") == "oneshot"
+    assert one(service, "Service", "Nice") == "19"
+    assert one(service, "Service", "IOSchedulingClass") == "idle"
+    args = build_parser(Settings()).parse_args(
+        shlex.split(one(service, "Service", "ExecStart"))[1:]
+    )
+    assert (args.command, args.cache, args.top) == ("cache", "prewarm", 100)

@@ -309,7 +309,16 @@ ABANDON_ANSWER: Schema = {
 SESSION_REQUEST: Schema = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"client_meta": {"type": "object"}},
+    "properties": {
+        "client_meta": {
+            "type": "object",
+            "description": "What the browser says of itself (user agent, viewport …).",
+            "propertyNames": PLAIN_TEXT,
+            "additionalProperties": {
+                "oneOf": [PLAIN_TEXT, {"type": ["number", "boolean", "null"]}]
+            },
+        }
+    },
 }
 
 SESSION_ANSWER: Schema = {

@@ -29,7 +29,17 @@ from eventstore.hub import Hub
 from eventstore.settings import Settings
 from eventstore.store import EventStore, Sequencer
 from projections.runner import ProjectionRunner
-from web import accounts, api_schemas, health, metrics, openapi, page, routes, sessions
+from web import (
+    accounts,
+    api_schemas,
+    asset_files,
+    health,
+    metrics,
+    openapi,
+    page,
+    routes,
+    sessions,
+)
 from web.error_events import ErrorEvents
 from web.errors import ApiError, error_response, store_failure
 from web.idempotency import IdempotencyMiddleware
@@ -132,6 +142,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/v1/openapi.json", openapi_json, methods=["GET"]),
             *metrics.routes,
             *page.routes,
+            # The local asset store's files; with a bucket the CDN serves them.
+            *([] if settings.assets_bucket else asset_files.routes(settings.home / "assets")),
         ],
         middleware=[
             # Outermost, so that it sees the status of every answer, the 500s included.

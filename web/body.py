@@ -26,7 +26,9 @@ from commands.interaction_input import WHITEBOARD_BODY_BYTES
 from web.errors import ApiError
 
 MAX_DEPTH = 32
-_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Control characters (C0 but tab and line breaks, DEL, C1) and bidi overrides.
+FORBIDDEN_CHARACTERS = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_FORBIDDEN = re.compile(f"[{FORBIDDEN_CHARACTERS}]")
 # The one route whose bodies may exceed OMNITUTOR_MAX_BODY_BYTES: a whiteboard drawing is up
 # to 2 MB decoded, so its base64 body is larger (commands/interaction_input.py).
 _LARGE_BODY_ROUTE = re.compile(r"^/v1/lesson/[^/]+/whiteboard/?$")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from starlette.routing import BaseRoute, Route
 
 from commands.errors import ErrorCode
+from web.body import FORBIDDEN_CHARACTERS
 from web.errors import STATUS
 
 Schema = dict[str, Any]
@@ -83,6 +84,53 @@ ENVELOPE: Schema = {
 }
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
+# What web/body.py refuses in every key and string of every JSON body, said in the schema.
+ALLOWED_TEXT = f"^[^{FORBIDDEN_CHARACTERS}]*$"
+
+
+PLAIN_JSON_REF = {"$ref": "#/components/schemas/PlainJSON"}
+PLAIN_JSON: Schema = {
+    "description": "Any JSON whose keys and strings hold no control or bidi characters.",
+    "anyOf": [
+        {"type": ["number", "boolean", "null"]},
+        {"type": "string", "pattern": ALLOWED_TEXT},
+        {"type": "array", "items": PLAIN_JSON_REF},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": ALLOWED_TEXT},
+            "additionalProperties": PLAIN_JSON_REF,
+        },
+    ],
+}
+_SCHEMA_WORDS = {"type", "$ref", "oneOf", "anyOf", "allOf", "const", "enum", "not"}
+
+
+def body_rules(schema: Schema) -> Schema:
+    """A request schema with web/body.py's rule for every body added: each string without
+    a pattern or fixed values gets ALLOWED_TEXT, each object's keys too, and a value of any
+    shape is PlainJSON."""
+    if not _SCHEMA_WORDS & set(schema):
+        return {**schema, **PLAIN_JSON_REF}
+    out = dict(schema)
+    for key in ("properties", "patternProperties"):
+        if key in out:
+            out[key] = {name: body_rules(s) for name, s in out[key].items()}
+    for key in ("items", "additionalProperties", "propertyNames", "contentSchema", "not"):
+        if isinstance(out.get(key), dict):
+            out[key] = body_rules(out[key])
+    for key in ("oneOf", "anyOf", "allOf", "prefixItems"):
+        if key in out:
+            out[key] = [body_rules(s) for s in out[key]]
+    types = out.get("type")
+    kinds = set(types) if isinstance(types, list) else {types}
+    fixed = {"pattern", "enum", "const", "format"} & set(out)
+    if "string" in kinds and not fixed:
+        out["pattern"] = ALLOWED_TEXT
+    if "object" in kinds and "propertyNames" not in out:
+        out["propertyNames"] = {"pattern": ALLOWED_TEXT}
+    if "object" in kinds and out.get("additionalProperties", True) is True:
+        out["additionalProperties"] = PLAIN_JSON_REF
+    return out
 
 
 def ok_body(schema: Schema | None) -> Schema:
@@ -168,7 +216,7 @@ def _operation(route: Route, method: str, spec: Spec) -> dict[str, Any]:
     if spec.request is not None:
         op["requestBody"] = {
             "required": spec.request_required,
-            "content": {"application/json": {"schema": spec.request}},
+            "content": {"application/json": {"schema": body_rules(spec.request)}},
         }
     op["security"] = [{COOKIE_AUTH: []}] if spec.auth else []
     return op
@@ -197,7 +245,7 @@ def document(routes: Iterable[BaseRoute], components: Mapping[str, Schema]) -> d
         },
         "paths": paths,
         "components": {
-            "schemas": {"Error": ENVELOPE, **components},
+            "schemas": {"Error": ENVELOPE, "PlainJSON": PLAIN_JSON, **components},
             "securitySchemes": {
                 COOKIE_AUTH: {
                     "type": "apiKey",

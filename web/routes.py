@@ -7,20 +7,24 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from commands.errors import ErrorCode
-from commands.handlers import interactions, lessons
+from commands.handlers import interactions, lessons, media
 from commands.interaction_input import is_iterate_body
 from commands.messages import (
     AbandonLesson,
     Adjust,
+    Animate,
     Ask,
     Attempt,
     CreatePlan,
     IteratePlan,
+    MakeMe,
     OpenStream,
     ReadLesson,
+    Visualize,
     Whiteboard,
 )
 from web import api_schemas as schemas
+from web import media_schemas
 from web.body import limit_for
 from web.idempotency import answer_recorder
 from web.openapi import Spec, api
@@ -31,7 +35,7 @@ from web.stream import LessonStream
 @api(
     Spec(
         "Plan a lesson from a setup intent (fast tier), with beat 1",
-        request={"oneOf": [schemas.PLAN_REQUEST, schemas.ITERATE_REQUEST]},
+        request=schemas.PLAN_REQUEST,
         response=schemas.PLAN_ANSWER,
         idempotency="required",
         errors=(ErrorCode.CONFLICT, ErrorCode.REFUSED, ErrorCode.OVER_QUOTA,
@@ -114,6 +118,58 @@ async def stream_lesson(request: Request) -> Response:
     return LessonStream(opened.subscription, opened.view, deps(request).settings)
 
 
+_ASSET_ERRORS = (
+    ErrorCode.NOT_FOUND,
+    ErrorCode.CONFLICT,
+    ErrorCode.REFUSED,
+    ErrorCode.OVER_QUOTA,
+    ErrorCode.RATE_LIMITED,
+    ErrorCode.MODEL_UNAVAILABLE,
+)
+
+
+@api(
+    Spec(
+        "An SVG diagram of a ready beat, sanitised, cached forever",
+        request=media_schemas.BEAT_ASSET_REQUEST,
+        response=media_schemas.VISUALIZE_ANSWER,
+        idempotency="required",
+        errors=_ASSET_ERRORS,
+    )
+)
+async def visualize(request: Request) -> Response:
+    cmd = Visualize(await caller(request), request.path_params["lesson_id"], await body(request))
+    return answer(request, await media.visualize(cmd, deps(request)))
+
+
+@api(
+    Spec(
+        "A mini-simulation of a ready beat as a declarative spec, cached forever",
+        request=media_schemas.BEAT_ASSET_REQUEST,
+        response=media_schemas.ANIMATE_ANSWER,
+        idempotency="required",
+        errors=_ASSET_ERRORS,
+    )
+)
+async def animate(request: Request) -> Response:
+    cmd = Animate(await caller(request), request.path_params["lesson_id"], await body(request))
+    return answer(request, await media.animate(cmd, deps(request)))
+
+
+@api(
+    Spec(
+        "A make-me output of a complete lesson, cached forever",
+        request=media_schemas.MAKEME_REQUEST,
+        response=media_schemas.MAKEME_ANSWER,
+        idempotency="required",
+        errors=_ASSET_ERRORS,
+    )
+)
+async def makeme(request: Request) -> Response:
+    cmd = MakeMe(await caller(request), request.path_params["lesson_id"], await body(request))
+    return answer(request, await media.makeme(cmd, deps(request)))
+
+
 _IN_LESSON = (ErrorCode.NOT_FOUND, ErrorCode.REFUSED, ErrorCode.OVER_QUOTA,
               ErrorCode.RATE_LIMITED, ErrorCode.MODEL_UNAVAILABLE)  # fmt: skip
 
@@ -182,4 +238,7 @@ routes = [
     Route("/v1/lesson/{lesson_id}/attempt", attempt, methods=["POST"]),
     Route("/v1/lesson/{lesson_id}/adjust", adjust, methods=["POST"]),
     Route("/v1/lesson/{lesson_id}/whiteboard", whiteboard, methods=["POST"]),
+    Route("/v1/lesson/{lesson_id}/visualize", visualize, methods=["POST"]),
+    Route("/v1/lesson/{lesson_id}/animate", animate, methods=["POST"]),
+    Route("/v1/lesson/{lesson_id}/makeme", makeme, methods=["POST"]),
 ]

@@ -8,6 +8,9 @@ order, decide on the folded lesson, append through the shared loop (commands/les
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +33,11 @@ from commands.lesson_model import (
     run_event,
 )
 from commands.messages import AbandonLesson, Caller, CreatePlan, OpenStream, ReadLesson
+from commands.plan_requests import note_plan_request
 from commands.providers import BeatContent, Plan, Tier
 from commands.ratelimit import Bucket
 from commands.stream_view import StreamView, parse_cursor
-from eventstore.events import JSON, READY, STREAMING
+from eventstore.events import JSON, READY, STREAMING, AudioReady, DomainEvent
 from eventstore.hub import Subscription
 from eventstore.ids import new_id
 from eventstore.store import InTransaction, NewEvent
@@ -48,6 +52,7 @@ class PlanAnswer:
     beat1_id: str
     beat1: BeatContent
     cache_hit: bool
+    audio_url: str | None = None  # beat 1's clip, when narrated in time (docs/assets.md)
 
     def json(self) -> JSON:
         return {
@@ -57,7 +62,7 @@ class PlanAnswer:
                 "id": self.beat1_id,
                 "content_json": self.beat1.content_json,
                 "narration_text": self.beat1.narration_text,
-                "audio_url": None,  # no narration yet; audio_ready announces it
+                "audio_url": self.audio_url,  # else audio_ready announces it
             },
         }
 
@@ -86,6 +91,7 @@ async def create_plan(
     subject_id, topic_id = await plan.catalog_ids(deps.pool, data.subject, data.topic)
     fast_model = deps.supervisor.config.model(Tier.FAST)
     key = plan.plan_cache_key(data, fast_model)
+    await note_plan_request(deps.pool, key, fast_model, dataclasses.asdict(data))  # pre-warm
     cached = await plan.cache_get(deps.pool, key)
     runs: tuple[providers.ModelRun, ...] = ()
     if cached is not None:
@@ -118,7 +124,12 @@ async def create_plan(
         cache_hit=cached is not None,
     )
     meta = caller.meta()
-    answer = PlanAnswer(lesson_id, lesson_plan, beat1_id, beat1, cached is not None)
+    # Beat 1's clip: waited for a moment (docs/assets.md), so that when it is ready in time
+    # its run and audio.ready join the lesson's opening batch and the answer (which the
+    # Idempotency-Key stores with that batch) carries its URL; else audio_ready follows.
+    audio_url, narrated, settled = await _first_clip(deps, beat1.narration_text, caller.trace_id)
+    events += narrated
+    answer = PlanAnswer(lesson_id, lesson_plan, beat1_id, beat1, cached is not None, audio_url)
     await deps.store.append(
         lesson_id,
         [NewEvent.of(e, meta) for e in events],
@@ -131,7 +142,33 @@ async def create_plan(
     structlog.contextvars.bind_contextvars(
         lesson_id=lesson_id, cache="hit" if cached is not None else "miss"
     )
+    if not settled:
+        # Not ready in time: the clip, still being made, is recorded when it is stored.
+        deps.narrator.beat_completed(lesson_id, 1, beat1.narration_text, meta)
     return answer
+
+
+async def _first_clip(
+    deps: Deps, text: str, trace_id: str
+) -> tuple[str | None, list[DomainEvent], bool]:
+    """Beat 1's clip if it is made (or fails) within the narrator's wait: its URL, the
+    events that record it (the synthesis run, audio.ready) and True; else (None, [],
+    False) and it goes on being made."""
+    narrator = deps.narrator
+    if not narrator.enabled or not text.strip():
+        return None, [], True
+    making = asyncio.ensure_future(narrator.clip(text, trace_id, beat_ord=1))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(narrator.first_clip_wait_s):
+            await asyncio.shield(making)
+    if not making.done():
+        making.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        return None, [], False
+    clip = making.result()
+    events: list[DomainEvent] = [clip.run] if clip.run is not None else []
+    if clip.url is not None:
+        events.append(AudioReady(beat_ord=1, audio_url=clip.url))
+    return clip.url, events, True
 
 
 async def _plan_with_model(

@@ -27,13 +27,16 @@ from commands.errors import CommandError
 __all__ = [
     "BEAT_KINDS",
     "GRADE_VERDICTS",
+    "MAKEME_OUTPUTS",
     "MODERATION_CATEGORIES",
     "Adjustment",
+    "BeatBrief",
     "BeatContent",
     "DeltaCallback",
     "Drawing",
     "Grade",
     "InvalidOutput",
+    "LessonBrief",
     "ModelRun",
     "ModelUnavailable",
     "Plan",
@@ -53,6 +56,9 @@ T = TypeVar("T")
 
 BEAT_KINDS: tuple[str, ...] = ("concept", "derivation", "problem", "test", "free")
 MODERATION_CATEGORIES: tuple[str, ...] = ("explicit_harm", "csam", "self_harm", "doxxing")
+MAKEME_OUTPUTS: tuple[str, ...] = (
+    "flashcards", "notes", "slides", "video", "quiz", "summary", "mindmap",
+)  # fmt: skip
 
 
 class Tier(StrEnum):
@@ -170,6 +176,30 @@ class Drawing:
 
 
 @dataclass(frozen=True)
+class BeatBrief:
+    """A generated beat as the asset calls (diagram, simulation) see it."""
+
+    subject: str
+    topic: str
+    level: str
+    ord: int
+    kind: str
+    title: str
+    content_json: dict[str, Any]
+    narration_text: str
+
+
+@dataclass(frozen=True)
+class LessonBrief:
+    """A lesson's generated beats, for make-me outputs."""
+
+    subject: str
+    topic: str
+    level: str
+    beats: tuple[BeatBrief, ...]
+
+
+@dataclass(frozen=True)
 class Verdict:
     allowed: bool
     category: str | None  # one of MODERATION_CATEGORIES when not allowed
@@ -264,6 +294,18 @@ class Provider(Protocol):
 
     async def hello(self) -> Result[str]:
         """Say hello on the FAST tier (the P0 end-to-end check)."""
+        ...
+
+    async def diagram(self, beat: BeatBrief, request: str, tier: Tier) -> Result[str]:
+        """An SVG diagram of the beat, already sanitised (commands/svg.py)."""
+        ...
+
+    async def simulation(self, beat: BeatBrief, request: str, tier: Tier) -> Result[dict[str, Any]]:
+        """A mini-simulation spec of the beat, validated (commands/simulation.py)."""
+        ...
+
+    async def makeme(self, output: str, lesson: LessonBrief, tier: Tier) -> Result[dict[str, Any]]:
+        """A make-me output (one of MAKEME_OUTPUTS) of the lesson, validated."""
         ...
 
     async def aclose(self) -> None:

@@ -37,11 +37,13 @@ from anthropic.types import ContentBlockParam, ImageBlockParam, MessageParam, Te
 
 from commands.providers import (
     Adjustment,
+    BeatBrief,
     BeatContent,
     DeltaCallback,
     Drawing,
     Grade,
     InvalidOutput,
+    LessonBrief,
     ModelRun,
     ModelUnavailable,
     Plan,
@@ -52,6 +54,7 @@ from commands.providers import (
     Result,
     Tier,
     Verdict,
+    media,
     prompts,
 )
 from commands.providers.prices import contract_model_name, cost_usd
@@ -200,6 +203,38 @@ class AnthropicProvider:
         content: list[ContentBlockParam] = [image, note]
         return await self._text_call(
             "whiteboard", prompts.DRAWING_SYSTEM, content, ANSWER_MAX_TOKENS
+        )
+
+    async def diagram(self, beat: BeatBrief, request: str, tier: Tier) -> Result[str]:
+        message = media.beat_message("diagram", beat, request)
+        return await self._json_call(
+            tier,
+            "visualize",
+            media.DIAGRAM_SYSTEM,
+            message,
+            media.parse_diagram,
+            media.DIAGRAM_MAX_TOKENS,
+        )
+
+    async def simulation(self, beat: BeatBrief, request: str, tier: Tier) -> Result[dict[str, Any]]:
+        message = media.beat_message("simulation", beat, request)
+        return await self._json_call(
+            tier,
+            "animate",
+            media.SIMULATION_SYSTEM,
+            message,
+            media.parse_simulation,
+            media.SIMULATION_MAX_TOKENS,
+        )
+
+    async def makeme(self, output: str, lesson: LessonBrief, tier: Tier) -> Result[dict[str, Any]]:
+        return await self._json_call(
+            tier,
+            "makeme",
+            media.makeme_system(output),
+            media.makeme_message(output, lesson),
+            lambda text: media.parse_makeme(output, text),
+            media.MAKEME_MAX_TOKENS,
         )
 
     async def hello(self) -> Result[str]:

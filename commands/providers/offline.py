@@ -40,10 +40,12 @@ from typing import Any
 
 from commands.providers import (
     Adjustment,
+    BeatBrief,
     BeatContent,
     DeltaCallback,
     Drawing,
     Grade,
+    LessonBrief,
     ModelRun,
     Plan,
     PlanBeat,
@@ -52,6 +54,7 @@ from commands.providers import (
     Result,
     Tier,
     Verdict,
+    media,
     prompts,
 )
 from commands.providers.prices import OFFLINE_MODEL
@@ -647,6 +650,24 @@ class OfflineProvider:
         started = time.perf_counter()
         prompt = prompts.HELLO_SYSTEM + prompts.hello_message()
         return Result(value=HELLO_TEXT, runs=(_run("hello", prompt, HELLO_TEXT, started),))
+
+    async def diagram(self, beat: BeatBrief, request: str, tier: Tier) -> Result[str]:
+        started = time.perf_counter()
+        svg = media.build_diagram(beat, request)
+        prompt = media.DIAGRAM_SYSTEM + media.beat_message("diagram", beat, request)
+        return Result(value=svg, runs=(_run("visualize", prompt, svg, started),))
+
+    async def simulation(self, beat: BeatBrief, request: str, tier: Tier) -> Result[dict[str, Any]]:
+        started = time.perf_counter()
+        spec = media.build_simulation(beat, request)
+        prompt = media.SIMULATION_SYSTEM + media.beat_message("simulation", beat, request)
+        return Result(value=spec, runs=(_run("animate", prompt, _json(spec), started),))
+
+    async def makeme(self, output: str, lesson: LessonBrief, tier: Tier) -> Result[dict[str, Any]]:
+        started = time.perf_counter()
+        content = media.build_makeme(output, lesson)
+        prompt = media.makeme_system(output) + media.makeme_message(output, lesson)
+        return Result(value=content, runs=(_run("makeme", prompt, _json(content), started),))
 
     async def aclose(self) -> None:
         """Nothing to release; present because the interface has it."""

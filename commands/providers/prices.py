@@ -11,6 +11,11 @@ is the only place a price may live.
 | opus-4-7      | claude-opus-4-7[-date]    | 5.00         | 25.00         |
 | offline       | (local tutor)             | 0            | 0             |
 
+Speech (ElevenLabs) is priced per character of text, by TTS model id, at the API's
+pay-as-you-go rates: flash and turbo models $0.05 per 1,000 characters, the others $0.10
+(an unknown model is priced as the dearer kind, so the spend cap errs on the safe side).
+Its runs are recorded as model ``elevenlabs`` with the characters in ``prompt_tokens``.
+
 An SDK id this table does not know keeps its own name as the contract name and costs 0:
 the run is still recorded (tokens, latency) and the zero cost is visible in model_runs,
 which is where an operator notices that a price is missing.
@@ -22,7 +27,14 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-__all__ = ["PRICES", "ModelPrice", "contract_model_name", "cost_usd"]
+__all__ = [
+    "PRICES",
+    "TTS_MODEL",
+    "ModelPrice",
+    "contract_model_name",
+    "cost_usd",
+    "tts_cost_usd",
+]
 
 OFFLINE_MODEL = "offline"
 _MILLION = Decimal(1_000_000)
@@ -63,3 +75,15 @@ def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
         + Decimal(completion_tokens) * price.output_per_mtok
     ) / _MILLION
     return total.quantize(_COST_QUANTUM)
+
+
+TTS_MODEL = "elevenlabs"  # the contract model name of every speech synthesis run
+_TTS_PER_KCHAR_CHEAP = Decimal("0.05")  # eleven_flash_*, eleven_turbo_*
+_TTS_PER_KCHAR = Decimal("0.10")  # eleven_multilingual_*, eleven_v3, anything else
+
+
+def tts_cost_usd(tts_model: str, characters: int) -> Decimal:
+    """Cost of synthesising `characters` characters with an ElevenLabs model id."""
+    cheap = tts_model.startswith(("eleven_flash", "eleven_turbo"))
+    per_kchar = _TTS_PER_KCHAR_CHEAP if cheap else _TTS_PER_KCHAR
+    return (Decimal(characters) * per_kchar / 1000).quantize(_COST_QUANTUM)

@@ -97,6 +97,9 @@ WITH a AS (
   DELETE FROM assets WHERE lesson_id = ANY(%(lesson_ids)s::text[]) RETURNING 1
 ), c AS (
   DELETE FROM cache WHERE key = ANY(%(cache_keys)s::text[]) RETURNING 1
+), q AS (
+  -- The pre-warm's count of those plan keys keeps the request text behind each key.
+  DELETE FROM plan_requests WHERE key = ANY(%(cache_keys)s::text[]) RETURNING 1
 ), i AS (
   DELETE FROM idempotency_keys WHERE user_id = %(user_id)s RETURNING 1
 ), m AS (

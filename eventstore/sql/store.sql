@@ -53,6 +53,23 @@ WHERE e.expected_seq = 0
 ORDER BY e.n
 RETURNING id, lesson_seq, ts::text;
 
+-- name: append_lesson_at_end
+-- A batch that depends on no lesson state (a narration clip's audio.ready) lands after
+-- whatever the log holds, in one statement. Two writers that read the same head in the same
+-- instant collide on (lesson_id, lesson_seq); the loser retries.
+WITH head AS (
+  SELECT coalesce(max(lesson_seq), 0) AS seq FROM events WHERE lesson_id = %(lesson_id)s
+)
+INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
+                    payload_json, metadata_json)
+SELECT e.id, e.session_id, %(lesson_id)s, head.seq + e.n, e.type, e.type_version,
+       e.payload::jsonb, e.metadata::jsonb
+FROM head,
+     unnest(%(ids)s::text[], %(session_ids)s::text[], %(types)s::text[],
+            %(versions)s::smallint[], %(payloads)s::text[], %(metadata)s::text[])
+     WITH ORDINALITY AS e(id, session_id, type, type_version, payload, metadata, n)
+RETURNING id, lesson_seq, ts::text;
+
 -- name: append_unordered
 INSERT INTO events (id, session_id, lesson_id, type, type_version, payload_json, metadata_json)
 SELECT e.id, e.session_id, e.lesson_id, e.type, e.type_version, e.payload::jsonb,

@@ -34,7 +34,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from commands.providers import Adjustment, Drawing, PlanRequest, offline, prompts
+from commands.providers import (
+    Adjustment,
+    BeatBrief,
+    Drawing,
+    LessonBrief,
+    PlanRequest,
+    media,
+    offline,
+    prompts,
+)
 from tests.live import serve
 
 __all__ = [
@@ -193,6 +202,8 @@ def default_reply_text(request: RecordedRequest) -> str:
         if task == "beat":
             return json.dumps(prompts.beat_to_json(offline.build_beat(plan, ord_, plan_request)))
         return offline.build_answer(str(payload.get("question", "")), plan, ord_, plan_request)
+    if task in {"diagram", "simulation", "makeme"}:
+        return media_reply_text(task, payload)
     if task == "moderation":
         verdict = offline.classify(str(payload.get("text", "")))
         return json.dumps({"allowed": verdict.allowed, "category": verdict.category})
@@ -208,6 +219,37 @@ def image_blocks(request: RecordedRequest) -> list[dict[str, Any]]:
         for block in message["content"]
         if isinstance(block, dict) and block.get("type") == "image"
     ]
+
+
+def _brief(payload: dict[str, Any], beat: dict[str, Any]) -> BeatBrief:
+    return BeatBrief(
+        subject=str(payload.get("subject", "")),
+        topic=str(payload.get("topic", "")),
+        level=str(payload.get("level", "")),
+        ord=int(beat.get("ord", 1)),
+        kind=str(beat.get("kind", "concept")),
+        title=str(beat.get("title", "")),
+        content_json=dict(beat.get("content") or {}),
+        narration_text=str(beat.get("narration", "")),
+    )
+
+
+def media_reply_text(task: str, payload: dict[str, Any]) -> str:
+    """The offline tutor's diagram, simulation spec or make-me output for the request."""
+    if task == "makeme":
+        beats = tuple(_brief(payload, b) for b in payload.get("beats", []))
+        lesson = LessonBrief(
+            subject=str(payload.get("subject", "")),
+            topic=str(payload.get("topic", "")),
+            level=str(payload.get("level", "")),
+            beats=beats,
+        )
+        return json.dumps(media.build_makeme(str(payload.get("output")), lesson))
+    beat = _brief(payload, payload.get("beat") or {})
+    request = str(payload.get("request", ""))
+    if task == "diagram":
+        return media.build_diagram(beat, request)
+    return json.dumps(media.build_simulation(beat, request))
 
 
 def is_moderation(request: RecordedRequest) -> bool:
