@@ -136,8 +136,6 @@ def _type(value: object) -> str:
 
 
 def _minutes(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON has one number type: 30.0 is the integer 30
     if isinstance(value, int) and not isinstance(value, bool):
         minutes = value
     elif isinstance(value, str):

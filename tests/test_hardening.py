@@ -339,8 +339,8 @@ def test_stdlib_loggers_write_the_same_json_lines() -> None:
         structlog.reset_defaults()
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [(line["logger"], line["level"]) for line in lines] == [
-        ("uvicorn.error", "warning"),
-        ("psycopg.pool", "warning"),
+        ("uvicorn.error", "warn"),
+        ("psycopg.pool", "warn"),
     ]
     assert lines[1]["msg"] == "error connecting in 'omnitutor': x"
     assert all("ts" in line for line in lines)

@@ -59,7 +59,7 @@ PLAN_REQUEST: Schema = {
                     "oneOf": [
                         {
                             "type": "string",
-                            "pattern": "^0*([5-9]|[1-9][0-9]|1[0-7][0-9]|180) ?"
+                            "pattern": "^([5-9]|[1-9][0-9]|1[0-7][0-9]|180) ?"
                             "(min|mins|minutes|m)?$|^[1-3] ?(h|hr|hrs|hour|hours)$",
                         },
                         {

@@ -127,4 +127,17 @@ async def read_json_object(
             ErrorCode.INVALID_INPUT, f"body must be a JSON object, got {type(value).__name__}"
         )
     check_json(value)
+    whole: dict[str, Any] = whole_numbers(value)
+    return whole
+
+
+def whole_numbers(value: Any) -> Any:
+    """JSON has one number type: 30.0 is the integer 30 (as JSON Schema says), so a whole
+    float is read as an int and every integer field accepts it, in one place."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)  # (larger ones are not exact integers, and JSON tools round them)
+    if isinstance(value, dict):
+        return {k: whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole_numbers(v) for v in value]
     return value
