@@ -28,8 +28,10 @@ test: venv tools
 
 # Hostile input over every route (tests/test_fuzz.py), many more generated cases than the
 # suite runs: no 5xx, the envelope on every refusal. FUZZ_EXAMPLES sets how many per test.
+# Then schemathesis over the OpenAPI document (tests/test_openapi.py), 500 examples each.
 fuzz: venv
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/test_fuzz.py -q
+	OMNITUTOR_FUZZ_EXAMPLES=$${OMNITUTOR_FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/test_openapi.py -q
 
 lint: venv
 	$(BIN)/ruff check .
@@ -38,9 +40,6 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-# The OpenAPI fuzz run with many more examples per operation than `make test` uses.
-fuzz: venv
-	OMNITUTOR_FUZZ_EXAMPLES=$${OMNITUTOR_FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/test_openapi.py
 
 check: lint typecheck test
 
