@@ -1,10 +1,6 @@
-"""Browser tests of the page's features whose endpoints land on other branches.
-
-Not collected yet (the file name does not start with test_): ask, attempt, adjust and plan
-iterate come with issue 10, the library and "save my work" with issue 12. Once those
-endpoints are merged, rename this module to tests/test_page_browser_features.py; every
-test here is written against the contract's shapes and must then pass as it is.
-"""
+"""Browser tests of the page's conversation and account features: ask, attempt, adjust and
+plan iterate (issue 10), the library and "save my work" (issue 12), against the real
+endpoints."""
 
 from __future__ import annotations
 
