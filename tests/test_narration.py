@@ -212,3 +212,21 @@ async def test_narrate_for_an_answer_is_cached_and_never_raises(
             "ORDER BY position"
         )
         assert await cur.fetchall() == [("ok",), ("error",)]
+
+
+def test_an_answer_to_a_question_is_spoken(
+    server: str, db_url: str, fake_elevenlabs: FakeElevenLabs
+) -> None:
+    body, _, client = plan_and_stream(server, "ask-1")
+    try:
+        r = client.post(f"/v1/lesson/{body['lesson_id']}/ask", json={"question": "Why a spring?"})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        clip = client.get(answer["audio_url"])
+    finally:
+        client.close()
+    assert clip.status_code == 200
+    assert clip.headers["content-type"] == "audio/mpeg"
+    assert mp3_frames(clip.content) > 0
+    said = answer["answer"]["narration_text"]
+    assert [req.text for req in fake_elevenlabs.requests].count(said) == 1

@@ -52,6 +52,7 @@ from commands.lesson_model import (
     student_position,
 )
 from commands.messages import Adjust, Ask, Attempt, Caller, IteratePlan, Whiteboard
+from commands.narration import narrate
 from commands.plan import beat_cache_key, output_texts, plan_request
 from commands.providers import Adjustment, Drawing, Grade, ModelRun, PlanRequest, Result, Tier
 from commands.ratelimit import Bucket
@@ -172,13 +173,13 @@ class AskAnswer:
     interaction_id: str
     text: str
     narration_text: str
+    audio_url: str | None = None  # the narration's clip; None when narration is off or failed
 
     def json(self) -> JSON:
         return {
             "interaction_id": self.interaction_id,
             "answer": {"text": self.text, "narration_text": self.narration_text},
-            # Narration is synthesised by the narrator once it lands; never a broken URL.
-            "audio_url": None,
+            "audio_url": self.audio_url,
         }
 
 
@@ -206,7 +207,10 @@ async def ask(cmd: Ask, deps: Deps) -> AskAnswer:
         beat_ord=ord,
     )
     await _record(deps, caller, state, interaction, _runs(result, caller, ord))
-    return answer
+    # Spoken after the answer is stored (a TTS failure never fails the ask; the clip's run
+    # is recorded in the lesson's log).
+    audio_url = await narrate(deps, answer.narration_text, caller.meta(), lesson_id=lesson_id)
+    return dataclasses.replace(answer, audio_url=audio_url)
 
 
 # ---- POST /v1/lesson/{id}/attempt --------------------------------------------------------------
