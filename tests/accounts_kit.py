@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from commands.mailer import read_outbox
+from tests.conditions import wait_for
 from tests.conftest import make_settings
 from tests.live import serve_app
 
@@ -59,12 +59,14 @@ def latest_link(home: Path, to: str) -> str:
 
 def eventually(read: Callable[[], T], ok: Callable[[T], bool], deadline_s: float = 10.0) -> T:
     """Read until `ok` holds (the projection catches up within milliseconds), with a bound."""
-    give_up = time.monotonic() + deadline_s
-    while True:
-        value = read()
-        if ok(value) or time.monotonic() > give_up:
-            return value
-        time.sleep(0.02)  # polling a read model with a deadline; there is no event to wait on
+    seen: list[T] = []
+
+    def holds() -> bool:
+        seen.append(read())
+        return ok(seen[-1])
+
+    wait_for(holds, deadline_s, what="the read model")
+    return seen[-1]
 
 
 def library(client: httpx.Client, **params: Any) -> list[str]:
