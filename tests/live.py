@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +19,7 @@ from starlette.types import ASGIApp
 
 from commands.bootstrap import Deps
 from eventstore.settings import Settings
+from tests.conditions import free_port, wait_for
 from web.app import create_app
 from web.transport import AbortingH11Protocol
 
@@ -74,3 +79,49 @@ def student_client(base_url: str, **kwargs: Any) -> httpx.Client:
     return httpx.Client(
         base_url=base_url, event_hooks={"request": [with_idempotency_key]}, **kwargs
     )
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def serve_process(
+    env: Mapping[str, str], log_path: Path, deadline_s: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`omnitutor serve` in a process of its own, with this environment less DATABASE_URL
+    and ANTHROPIC_API_KEY, plus `env`; yields (base URL, process) once healthy, and
+    terminates it (kills it after 20 s) at the end unless the test already stopped it."""
+    port = free_port()
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "ANTHROPIC_API_KEY"}
+    }
+    full_env.update(env)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ops.cli", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
+            try:
+                return httpx.get(f"{base}/v1/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, deadline_s=deadline_s, interval_s=0.05, what="the server's healthz")
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from tests.conditions import free_port, wait_for
+from tests.conditions import wait_for
+from tests.live import serve_process
 from tests.sse import read_stream
 from tests.test_lessons_api import body_with, durable, named
 from tests.test_lessons_flow import PLAN_BODY
@@ -48,43 +47,9 @@ SERVER_ENV = {
 }
 
 
-@contextmanager
-def serve(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`omnitutor serve` in a process of its own; yields (base URL, process) once healthy."""
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL"}}
-    full_env.pop("ANTHROPIC_API_KEY", None)
-    full_env.update(SERVER_ENV)
-    full_env.update(env)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
-            try:
-                return httpx.get(f"{base}/v1/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, deadline_s=60, interval_s=0.05)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def serve(env: dict[str, str], log_path: Path) -> AbstractContextManager[tuple[str, Popen[bytes]]]:
+    """`omnitutor serve` with this module's settings (SERVER_ENV), plus `env`."""
+    return serve_process({**SERVER_ENV, **env}, log_path)
 
 
 def plan_body(n: int) -> dict[str, Any]:

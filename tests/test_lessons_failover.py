@@ -7,20 +7,17 @@ reconnects to it with Last-Event-ID sees the lesson through: every beat exactly 
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
+from subprocess import Popen
 
-import httpx
 import psycopg
 import pytest
 
-from tests.conditions import free_port, wait_for
+from tests import live
+from tests.conditions import wait_for
 from tests.live import student_client
 from tests.sse import Sse, read_stream
 from tests.test_lessons_api import body_with, durable, named
@@ -29,11 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-@contextmanager
-def serve_process(db_url: str, log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
+def serve_process(db_url: str, log_path: Path) -> AbstractContextManager[tuple[str, Popen[bytes]]]:
+    """`omnitutor serve` on this test's database, generating slowly enough to be killed."""
     env = {
-        **os.environ,
         "DATABASE_URL": db_url,
         "OMNITUTOR_DEV_HTTP": "1",
         "OMNITUTOR_PROVIDER": "offline",
@@ -43,36 +38,7 @@ def serve_process(db_url: str, log_path: Path) -> Iterator[tuple[str, subprocess
         "OMNITUTOR_POOL_MAX": "4",
         "OMNITUTOR_LOG_LEVEL": "warning",
     }
-    env.pop("ANTHROPIC_API_KEY", None)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-
-            def up() -> bool:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
-                try:
-                    return httpx.get(f"{base}/v1/healthz", timeout=1).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(up, deadline_s=30, interval_s=0.1)
-            yield base, proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    return live.serve_process(env, log_path)
 
 
 def test_owner_killed_mid_lesson_other_process_finishes_it(db_url: str, tmp_path: Path) -> None:
