@@ -22,7 +22,7 @@ from typing import Any
 
 from commands.errors import Conflict, InvalidInput, NotFound
 from commands.messages import Caller
-from eventstore.database import Pool
+from eventstore.database import Pool, autocommit
 from eventstore.errors import DuplicateEventId, translate_errors
 from eventstore.events import CLIENT_EVENT_TYPES
 from eventstore.ids import new_id
@@ -248,7 +248,7 @@ async def record(caller: Caller, body: Any, pool: Pool, store: EventStore) -> Re
 
 async def _check_owned(pool: Pool, user_id: str, lesson_ids: Sequence[str]) -> None:
     with translate_errors():
-        async with pool.connection() as conn:
+        async with autocommit(pool) as conn:
             cur = await conn.execute(_Q["owned"], {"user_id": user_id, "lesson_ids": lesson_ids})
             owned = {r[0] for r in await cur.fetchall()}
     for lesson_id in lesson_ids:

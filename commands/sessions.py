@@ -15,6 +15,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from commands.errors import InvalidInput, Unauthorized
+from eventstore.database import autocommit
 from eventstore.errors import translate_errors
 from eventstore.ids import new_id
 from eventstore.queries import load_queries
@@ -129,7 +130,7 @@ async def authenticate(
         raise Unauthorized("No session. POST /v1/session first.")
     params = {"token_hash": hash_token(token), "days": days, "idle_min": idle_min}
     with translate_errors():
-        async with pool.connection() as conn:
+        async with autocommit(pool) as conn:  # each statement stands alone: one round trip
             for _ in range(2):
                 row = await (await conn.execute(_Q["authenticate"], params)).fetchone()
                 if row is None:

@@ -7,6 +7,7 @@ fresh machine needs nothing installed. The embedded server listens on a Unix soc
 
 from __future__ import annotations
 
+import select
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -92,14 +93,27 @@ class _PromptReconnect(AttemptWithBackoff):
 class ResilientPool(AsyncConnectionPool[AsyncConnection[Any]]):
     """psycopg's pool, failing fast during an outage and reconnecting promptly after it.
 
-    Every connection is checked as it leaves the pool (one empty round trip), so connections
-    broken by a database restart are replaced instead of failing a request each. A request
+    Every connection is checked as it leaves the pool (`check_connection`: no round trip
+    unless the server has said something on it), so connections broken by a database
+    restart are replaced instead of failing a request each. A request
     waits for a connection in slices of OUTAGE_WAIT_S: after a slice it gives up if the
     database is unreachable (the last connection attempt failed, or a connection broke),
     and otherwise (a busy pool) waits on, up to the usual timeout.
     """
 
     unreachable = False
+
+    @staticmethod
+    async def check_connection(conn: AsyncConnection[Any]) -> None:
+        """No round trip for a healthy idle connection. A server that ends a connection
+        (restart, crash, idle timeout) leaves a termination message or an EOF on its socket,
+        and nothing else arrives on an idle pooled connection (LISTEN has its own), so only a
+        readable socket pays for the full check, which then fails and replaces it."""
+        if conn.closed:
+            raise psycopg.OperationalError("the connection is closed")
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        if readable:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:  # noqa: ASYNC109  # psycopg_pool's signature
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)

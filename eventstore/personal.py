@@ -107,6 +107,21 @@ async def kept(conn: Conn, sealed: Sealed) -> AsyncIterator[None]:
         yield
 
 
+def document(rows: Sequence[VaultRow]) -> str:
+    """A batch's vault rows as one JSON array, for a statement that keeps them itself."""
+    return orjson.dumps(
+        [
+            {
+                "event_id": r.event_id,
+                "lesson_id": r.lesson_id,
+                "user_id": r.user_id,
+                "fields": r.fields,
+            }
+            for r in rows
+        ]
+    ).decode()
+
+
 async def keep(conn: Conn, rows: Sequence[VaultRow]) -> None:
     """Write a batch's vault rows (before its events, in the same append)."""
     if not rows:

@@ -478,17 +478,24 @@ class EventStore:
         sealed = personal.seal(events, lessons, [e.meta.user_id for e in events])
         payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
         metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
+        document = [
+            {
+                "id": e.id,
+                "session_id": e.meta.session_id,
+                "lesson_id": lesson,
+                "type": e.type,
+                "type_version": e.type_version,
+                "payload": orjson.Fragment(payload),
+                "metadata": orjson.Fragment(meta),
+            }
+            for e, lesson, payload, meta in zip(events, lessons, payloads, metadata, strict=True)
+        ]
         params = {
-            "ids": [e.id for e in events],
-            "session_ids": [e.meta.session_id for e in events],
-            "lesson_ids": lessons,
-            "types": [e.type for e in events],
-            "versions": [e.type_version for e in events],
-            "payloads": payloads,
-            "metadata": metadata,
+            "events": orjson.dumps(document).decode(),
+            "vault": personal.document(sealed.rows),
         }
         with translate_errors():
-            async with self._connection() as conn, personal.kept(conn, sealed):
+            async with self._connection() as conn:
                 rows = await (await conn.execute(_Q["append_unordered"], params)).fetchall()
                 new = personal.reveal(
                     _inserted(events, payloads, metadata, lessons, rows), sealed.personal

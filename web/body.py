@@ -29,6 +29,9 @@ MAX_DEPTH = 32
 # Control characters (C0 but tab and line breaks, DEL, C1) and bidi overrides.
 FORBIDDEN_CHARACTERS = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
 _FORBIDDEN = re.compile(f"[{FORBIDDEN_CHARACTERS}]")
+_MAY_ESCAPE_FORBIDDEN = re.compile(r"\\[ubf]")
+# Every JSON float has a digit before its fraction or exponent.
+_FLOAT_TOKEN = re.compile(rb"[0-9][.eE]")
 # The one route whose bodies may exceed OMNITUTOR_MAX_BODY_BYTES: a whiteboard drawing is up
 # to 2 MB decoded, so its base64 body is larger (commands/interaction_input.py).
 _LARGE_BODY_ROUTE = re.compile(r"^/v1/lesson/[^/]+/whiteboard/?$")
@@ -54,14 +57,20 @@ def _check_text(text: str, field: str, what: str = "must") -> None:
         )
 
 
-def check_json(value: Any) -> None:
+def check_json(value: Any, text: str | None = None) -> None:
     """Refuse nesting deeper than MAX_DEPTH and forbidden characters anywhere (iterative:
-    a recursive walk would hit Python's own recursion limit on hostile input)."""
+    a recursive walk would hit Python's own recursion limit on hostile input).
+
+    With the body's `text`, a body whose text holds no forbidden character and none of the
+    escapes that can make one (`\\u`, `\\b`, `\\f`) skips the per-string search: a batch
+    of analytics events has thousands of strings."""
+    strings = text is None or bool(_MAY_ESCAPE_FORBIDDEN.search(text) or _FORBIDDEN.search(text))
     todo: list[tuple[Any, str, int]] = [(value, "", 1)]
     while todo:
         item, where, depth = todo.pop()
         if isinstance(item, str):
-            _check_text(item, where)
+            if strings:
+                _check_text(item, where)
             continue
         if not isinstance(item, dict | list):
             continue
@@ -69,10 +78,16 @@ def check_json(value: Any) -> None:
             raise InvalidInput(where or "body", f"is nested deeper than {MAX_DEPTH} levels")
         if isinstance(item, dict):
             for key, child in item.items():
-                _check_text(key, where, "a key must")
-                todo.append((child, _path(where, key), depth + 1))
+                if strings:
+                    _check_text(key, where, "a key must")
+                if isinstance(child, dict | list) or strings:
+                    todo.append((child, _path(where, key), depth + 1))
         else:
-            todo.extend((child, _path(where, i), depth + 1) for i, child in enumerate(item))
+            todo.extend(
+                (child, _path(where, i), depth + 1)
+                for i, child in enumerate(item)
+                if isinstance(child, dict | list) or strings
+            )
 
 
 def is_json(content_type: str) -> bool:
@@ -118,6 +133,11 @@ async def read_json_object(
     raw = await read_body(request, limit)
     if optional and not raw:
         return {}
+    return decode_object(raw)
+
+
+def decode_object(raw: bytes) -> dict[str, Any]:
+    """A body's bytes as a checked JSON object, whole floats as ints. Pure."""
     try:
         value = orjson.loads(raw)  # rejects invalid UTF-8 and nesting deeper than 1024
     except orjson.JSONDecodeError as e:
@@ -126,7 +146,9 @@ async def read_json_object(
         raise ApiError(
             ErrorCode.INVALID_INPUT, f"body must be a JSON object, got {type(value).__name__}"
         )
-    check_json(value)
+    check_json(value, raw.decode())  # valid UTF-8: orjson read it
+    if _FLOAT_TOKEN.search(raw) is None:
+        return value  # no float in it (nor in any string): nothing to make whole
     whole: dict[str, Any] = whole_numbers(value)
     return whole
 

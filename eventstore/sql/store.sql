@@ -71,12 +71,22 @@ FROM head,
 RETURNING id, lesson_seq, ts::text;
 
 -- name: append_unordered
+-- Session-level events (no lesson_seq), idempotent by id, with their vault rows: one
+-- statement, so one round trip and one commit with no transaction around it. The batch
+-- arrives as one JSON array (payloads embedded as they will be stored), which the client
+-- encodes in C; seven text arrays cost a Python-level escape of every element.
+WITH kept AS (
+  INSERT INTO personal_data (event_id, lesson_id, user_id, fields)
+  SELECT v.event_id, v.lesson_id, v.user_id, v.fields
+  FROM jsonb_to_recordset(%(vault)s::jsonb)
+       AS v(event_id text, lesson_id text, user_id text, fields jsonb)
+  ON CONFLICT (event_id) DO NOTHING
+)
 INSERT INTO events (id, session_id, lesson_id, type, type_version, payload_json, metadata_json)
-SELECT e.id, e.session_id, e.lesson_id, e.type, e.type_version, e.payload::jsonb,
-       e.metadata::jsonb
-FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(lesson_ids)s::text[],
-            %(types)s::text[], %(versions)s::smallint[], %(payloads)s::text[],
-            %(metadata)s::text[])
+SELECT e.id, e.session_id, e.lesson_id, e.type, e.type_version, e.payload, e.metadata
+FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb)
+                AS (id text, session_id text, lesson_id text, type text,
+                    type_version smallint, payload jsonb, metadata jsonb))
      WITH ORDINALITY AS e(id, session_id, lesson_id, type, type_version, payload, metadata, n)
 ORDER BY e.n
 ON CONFLICT (id) DO NOTHING
