@@ -175,10 +175,8 @@ class LessonState:
 # ---- evolve --------------------------------------------------------------------------------
 
 
-def _with_beat(state: LessonState, ord: int, **changes: Any) -> LessonState:
-    return replace(
-        state, beats=tuple(replace(b, **changes) if b.ord == ord else b for b in state.beats)
-    )
+def _beat_changed(state: LessonState, ord: int, **changes: Any) -> tuple[BeatState, ...]:
+    return tuple(replace(b, **changes) if b.ord == ord else b for b in state.beats)
 
 
 def _beats_of(
@@ -209,35 +207,39 @@ def _beats_of(
 def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -> LessonState:
     """The state after `event` (which the log stored at seq state.version + 1, time `ts`)."""
     seq = state.version + 1
-    s = replace(state, version=seq)
+    # One replace per event (a replace builds the whole 27-field state): it was most of a
+    # fold's time when the version and the change were two.
+    return replace(state, version=seq, **_changes(state, event, seq, ts))
+
+
+def _changes(s: LessonState, event: DomainEvent, seq: int, ts: datetime | None) -> dict[str, Any]:
+    """The fields `event` (at `seq`) changes in `s`."""
     match event:
         case LessonCreated():
-            return replace(
-                s,
-                status=DRAFT,
-                user_id=event.user_id,
-                session_id=event.session_id,
-                subject=event.subject,
-                topic=event.topic,
-                level=event.level,
-                intent=event.intent,
-                created_at=ts,
-            )
+            return {
+                "status": DRAFT,
+                "user_id": event.user_id,
+                "session_id": event.session_id,
+                "subject": event.subject,
+                "topic": event.topic,
+                "level": event.level,
+                "intent": event.intent,
+                "created_at": ts,
+            }
         case PlanRevised():
-            return replace(
-                s,
-                plan=event.plan,
-                revision_num=event.revision_num,
-                level=event.level or s.level,
-                beats=_beats_of(event.plan, s.beats, event.superseded, seq),
-                revised_seq=seq,
-                superseded=tuple(event.superseded),
-            )
+            return {
+                "plan": event.plan,
+                "revision_num": event.revision_num,
+                "level": event.level or s.level,
+                "beats": _beats_of(event.plan, s.beats, event.superseded, seq),
+                "revised_seq": seq,
+                "superseded": tuple(event.superseded),
+            }
         case PlanLocked():
-            return replace(s, status=ACTIVE, locked_seq=seq, locked_at=ts, locked_plan=s.plan)
+            return {"status": ACTIVE, "locked_seq": seq, "locked_at": ts, "locked_plan": s.plan}
         case BeatStarted():
             b = s.beat(event.ord)
-            return _with_beat(
+            beats = _beat_changed(
                 s,
                 event.ord,
                 status=STREAMING,
@@ -247,10 +249,11 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
                 started_seq=seq,
                 revision=s.revision_num,
             )
+            return {"beats": beats}
         case BeatPartial():
             b = s.beat(event.ord)
             if event.reset:
-                return _with_beat(
+                beats = _beat_changed(
                     s,
                     event.ord,
                     status=STREAMING,
@@ -258,9 +261,12 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
                     partial_text=event.content_delta,
                     started_seq=seq,
                 )
-            return _with_beat(s, event.ord, partial_text=b.partial_text + event.content_delta)
+            else:
+                text = b.partial_text + event.content_delta
+                beats = _beat_changed(s, event.ord, partial_text=text)
+            return {"beats": beats}
         case BeatCompleted():
-            return _with_beat(
+            beats = _beat_changed(
                 s,
                 event.ord,
                 status=READY,
@@ -271,33 +277,37 @@ def evolve(state: LessonState, event: DomainEvent, ts: datetime | None = None) -
                 partial_text="",
                 completed_seq=seq,
             )
+            return {"beats": beats}
         case BeatFailed():
-            return _with_beat(s, event.ord, status=FAILED)
+            return {"beats": _beat_changed(s, event.ord, status=FAILED)}
         case AudioReady():
-            return _with_beat(s, event.beat_ord, audio_url=event.audio_url)
+            return {"beats": _beat_changed(s, event.beat_ord, audio_url=event.audio_url)}
         case ModelRunRecorded():
             costs = dict(s.model_costs)
             costs[event.model] = costs.get(event.model, Decimal(0)) + Decimal(str(event.cost_usd))
-            return replace(s, model_costs=costs)
+            return {"model_costs": costs}
         case LessonCompleted():
-            return replace(
-                s, status=COMPLETE, ended_at=ts, ended_seq=seq, duration_ms=event.duration_ms
-            )
+            return {
+                "status": COMPLETE,
+                "ended_at": ts,
+                "ended_seq": seq,
+                "duration_ms": event.duration_ms,
+            }
         case LessonAbandoned():
-            return replace(s, status=ABANDONED, ended_at=ts, ended_seq=seq)
+            return {"status": ABANDONED, "ended_at": ts, "ended_seq": seq}
         case LessonDeleted() | LessonErased():
-            return replace(s, deleted=True)
+            return {"deleted": True}
         case LessonTransferred():
-            return replace(s, user_id=event.to_user_id)
+            return {"user_id": event.to_user_id}
         case ErrorRaised(source="generation"):
-            return replace(s, failed_seq=seq)
+            return {"failed_seq": seq}
         case InteractionRecorded():
             done = Interaction(
                 event.interaction_id, event.type, event.beat_ord, event.payload, event.response, ts
             )
-            return replace(s, interactions=(*s.interactions, done))
+            return {"interactions": (*s.interactions, done)}
         case _:
-            return s
+            return {}
 
 
 def fold(
