@@ -173,8 +173,9 @@ class StoredEvent:
             decoded = _PG_EPOCH + timedelta(microseconds=value)
         else:
             # Postgres writes timestamptz as ISO 8601 with an hours-only offset ("…+00"),
-            # which fromisoformat reads since Python 3.11.
-            decoded = datetime.fromisoformat(value)
+            # which fromisoformat reads since Python 3.11; in UTC, as a read's ts is, so an
+            # appended event and the same event read back show the same time.
+            decoded = datetime.fromisoformat(value).astimezone(UTC)
         self._ts = decoded
         return decoded
 
@@ -224,9 +225,14 @@ class StoredEvent:
 
 
 async def _fetch_events(
-    conn: AsyncConnection[Any], query: LiteralString, params: Mapping[str, Any]
+    conn: AsyncConnection[Any],
+    query: LiteralString,
+    params: Mapping[str, Any],
+    *,
+    restore: bool = True,
 ) -> list[StoredEvent]:
-    """Run a query selecting stored-event columns (store.sql) and build the events.
+    """Run a query selecting stored-event columns (store.sql) and build the events, with
+    their personal fields read back unless `restore` is False.
 
     Binary format, with ts loaded as its raw int8 (microseconds since 2000-01-01 UTC): every
     column then goes through one of psycopg's C loaders, and StoredEvent converts ts only if
@@ -235,7 +241,8 @@ async def _fetch_events(
     cur = conn.cursor(binary=True)
     cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
     await cur.execute(query, params)
-    return await personal.restore(conn, list(starmap(StoredEvent, await cur.fetchall())))
+    events = list(starmap(StoredEvent, await cur.fetchall()))
+    return await personal.restore(conn, events) if restore else events
 
 
 AppendListener = Callable[[Sequence[StoredEvent]], None]
@@ -532,6 +539,27 @@ class EventStore:
             if len(page) < page_size:
                 return
             after_seq = page[-1].lesson_seq or after_seq
+
+    async def read_lesson_after_known(
+        self, lesson_id: str, seq: int, event_id: str, page_size: int = 500
+    ) -> list[StoredEvent] | None:
+        """A lesson's events after `seq`, in seq order, provided the log still holds
+        `event_id` at `seq`; None if it does not (the database went back to an earlier point:
+        a restore, or a failover to a replica that had not received it).
+
+        For a reader that already knows the lesson up to `seq` (a cached fold): one statement
+        when little is new, and the known event's personal fields are not read back.
+        """
+        params = {"lesson_id": lesson_id, "after_seq": seq - 1, "limit": page_size + 1}
+        with translate_errors():
+            async with self._connection() as conn:
+                page = await _fetch_events(conn, _Q["read_lesson"], params, restore=False)
+                if not page or page[0].id != event_id:
+                    return None
+                newer = await personal.restore(conn, page[1:])
+        if len(page) > page_size:
+            newer.extend([e async for e in self.read_lesson(lesson_id, _seq(newer[-1]))])
+        return newer
 
     async def read_lesson_page(
         self, lesson_id: str, after_seq: int, limit: int

@@ -76,8 +76,7 @@ _Q = load_queries(Path(__file__).parent.parent / "sql" / "interactions.sql")
 
 async def _load(deps: Deps, caller: Caller, lesson_id: str) -> LessonState:
     structlog.contextvars.bind_contextvars(lesson_id=lesson_id)
-    _, state = await lesson_log.load_owned(deps.store, lesson_id, caller.user_id)
-    return state
+    return await lesson_log.load_owned(deps.store, lesson_id, caller.user_id)
 
 
 async def _advanced_to(deps: Deps, state: LessonState) -> int | None:

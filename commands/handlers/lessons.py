@@ -248,7 +248,7 @@ class LessonAnswer:
 async def read_lesson(cmd: ReadLesson, deps: Deps) -> LessonAnswer:
     """The lesson folded from its own log, so it always shows the caller's last write."""
     _bind_lesson(cmd.lesson_id)
-    _, state = await lesson_log.load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
+    state = await lesson_log.load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
     return LessonAnswer(state)
 
 
@@ -266,7 +266,7 @@ class AbandonAnswer:
 
 async def abandon_lesson(cmd: AbandonLesson, deps: Deps) -> AbandonAnswer:
     _bind_lesson(cmd.lesson_id)
-    _, state = await lesson_log.load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
+    state = await lesson_log.load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
     _, state = await lesson_log.commit(deps.store, state, decide_abandon, cmd.caller.meta())
     # Stop generation now: here directly, elsewhere at the owner's next lease renewal (or
     # its next append, which no longer fits the log).

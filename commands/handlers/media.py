@@ -213,7 +213,7 @@ def _interaction(
 
 async def visualize(cmd: Visualize, deps: Deps) -> AssetAnswer:
     ord, request = validate_beat_request(cmd.body)
-    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
+    state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
     beat_id, brief = beat_brief(state, ord)
     await admit(deps, cmd.caller, Bucket.VIZ, spend=False, lesson_id=cmd.lesson_id)
     key = content_hash(beat_id, f"svg:{request}")
@@ -242,7 +242,7 @@ async def visualize(cmd: Visualize, deps: Deps) -> AssetAnswer:
 
 async def animate(cmd: Animate, deps: Deps) -> AssetAnswer:
     ord, request = validate_beat_request(cmd.body)
-    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
+    state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
     beat_id, brief = beat_brief(state, ord)
     await admit(deps, cmd.caller, Bucket.VIZ, spend=False, lesson_id=cmd.lesson_id)
     key = content_hash(beat_id, f"simulation:{request}")
@@ -281,7 +281,7 @@ def lesson_brief(state: LessonState) -> LessonBrief:
 
 async def makeme(cmd: MakeMe, deps: Deps) -> MakeMeAnswer:
     output = validate_makeme(cmd.body)
-    _, state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
+    state = await load_owned(deps.store, cmd.lesson_id, cmd.caller.user_id)
     lesson = lesson_brief(state)
     await admit(deps, cmd.caller, Bucket.VIZ, spend=False, lesson_id=cmd.lesson_id)
     return await make_output(deps, cmd.caller, cmd.lesson_id, output, lesson)
