@@ -56,6 +56,7 @@ from commands.narration import narrate
 from commands.plan import beat_cache_key, output_texts, plan_request
 from commands.providers import Adjustment, Drawing, Grade, ModelRun, PlanRequest, Result, Tier
 from commands.ratelimit import Bucket
+from eventstore.database import autocommit
 from eventstore.errors import translate_errors
 from eventstore.events import ACTIVE, DRAFT, JSON, READY, InteractionRecorded, ModelRunRecorded
 from eventstore.ids import new_id
@@ -87,7 +88,7 @@ async def _advanced_to(deps: Deps, state: LessonState) -> int | None:
         "user_id": state.user_id,
     }
     with translate_errors():
-        async with deps.pool.connection() as conn:
+        async with autocommit(deps.pool) as conn:
             cur = await conn.execute(_Q["advanced_to"], params)
             row = await cur.fetchone()
     return None if row is None else int(row[0])
