@@ -299,22 +299,28 @@ class EventStore:
         events: Sequence[NewEvent],
         expected_seq: int,
         in_transaction: InTransaction | None = None,
+        *,
+        beside: Sequence[NewEvent] = (),
     ) -> list[StoredEvent]:
         """Append a batch to a lesson at expected_seq+1…, atomically; idempotent by event id.
 
         Raises WrongExpectedSeq (naming the current seq) if another writer got there first,
         and DuplicateEventId if an id is already stored with different content.
         `in_transaction`, if given, runs after the INSERT in the same transaction (one more
-        round trip), so its writes commit with the events or not at all.
+        round trip), so its writes commit with the events or not at all. `beside` are events
+        without a lesson_seq that name the lesson (as append_unordered stores them), stored
+        in the same statement if and only if the batch lands: the model runs a decision
+        rests on, in its commit. Returns the batch's stored events; listeners get both.
         """
         if not events:
             return []
+        every = [*events, *beside]
         # Personal fields go to the vault (eventstore/personal.py), in the append's commit.
-        sealed = personal.seal(events, [lesson_id] * len(events), [e.meta.user_id for e in events])
+        sealed = personal.seal(every, [lesson_id] * len(every), [e.meta.user_id for e in every])
         payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
-        metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
+        metadata = [orjson.dumps(e.meta.as_json()).decode() for e in every]
         shared = None
-        if len(events) == 1 and in_transaction is None:
+        if len(events) == 1 and in_transaction is None and not beside:
             shared = await self._shared.append(
                 _Waiting(lesson_id, events[0], expected_seq, payloads[0], metadata[0], sealed)
             )
@@ -322,12 +328,12 @@ class EventStore:
             stored = shared
         else:
             stored = await self._append_alone(
-                lesson_id, events, expected_seq, payloads, metadata, sealed, in_transaction
+                lesson_id, events, beside, expected_seq, payloads, metadata, sealed, in_transaction
             )
         if stored:
             stored = personal.reveal(stored, sealed.personal)
             self._committed(stored)
-            return stored
+            return stored[: len(events)]
         # A unique key was taken, or expected_seq runs ahead of the log: either this very
         # batch is being retried, or another writer appended first.
         return await self._resolve_conflict(lesson_id, events, expected_seq)
@@ -336,31 +342,37 @@ class EventStore:
         self,
         lesson_id: str,
         events: Sequence[NewEvent],
+        beside: Sequence[NewEvent],
         expected_seq: int,
         payloads: Sequence[str],
         metadata: Sequence[str],
         sealed: personal.Sealed,
         in_transaction: InTransaction | None = None,
     ) -> list[StoredEvent]:
-        """The batch in a statement of its own, with its vault rows and `in_transaction` in
-        one commit: its events, or [] if a unique key was taken or expected_seq runs ahead
-        of the log (then `in_transaction` does not run)."""
-        query, params = _append_statement(lesson_id, events, expected_seq, payloads, metadata)
-        atomic = bool(sealed.rows) or in_transaction is not None
+        """The batch in a statement of its own, with its vault rows and the events beside it
+        (append_lesson_kept) and `in_transaction` in one commit: the batch's events, then
+        those beside that were stored, or [] if a unique key was taken or expected_seq runs
+        ahead of the log (then nothing is stored and `in_transaction` does not run)."""
+        if sealed.rows or beside:
+            query, params = _kept_statement(
+                lesson_id, events, beside, expected_seq, payloads, metadata, sealed.rows
+            )
+        else:
+            query, params = _append_statement(lesson_id, events, expected_seq, payloads, metadata)
         try:
             with translate_errors():
                 async with (
                     self._connection() as conn,
-                    conn.transaction() if atomic else contextlib.nullcontext(),
+                    conn.transaction() if in_transaction else contextlib.nullcontext(),
                 ):
-                    await personal.keep(conn, sealed.rows)
                     cur = await conn.execute(query, params)
                     rows = await cur.fetchall()
                     if rows and in_transaction is not None:
                         await in_transaction(conn)
         except UniqueKeyTaken:
             return []
-        return _inserted(events, payloads, metadata, [lesson_id] * len(events), rows)
+        every = [*events, *beside]
+        return _inserted(every, payloads, metadata, [lesson_id] * len(every), rows)
 
     async def _insert_shared(self, waiting: Sequence[_Waiting]) -> dict[str, StoredEvent]:
         """One INSERT for several callers' single events; the events that landed, by id.
@@ -697,6 +709,37 @@ def _append_statement(
         "versions": [e.type_version for e in events],
         "payloads": payloads,
         "metadata": metadata,
+    }
+
+
+def _kept_statement(
+    lesson_id: str,
+    events: Sequence[NewEvent],
+    beside: Sequence[NewEvent],
+    expected_seq: int,
+    payloads: Sequence[str],
+    metadata: Sequence[str],
+    vault: Sequence[personal.VaultRow],
+) -> tuple[LiteralString, dict[str, Any]]:
+    """append_lesson_kept: a lesson's batch (payloads and metadata first), the events beside
+    it (the rest), and the vault rows of both."""
+    n = len(events)
+    return _Q["append_lesson_kept"], {
+        "lesson_id": lesson_id,
+        "expected_seq": expected_seq,
+        "ids": [e.id for e in events],
+        "session_ids": [e.meta.session_id for e in events],
+        "types": [e.type for e in events],
+        "versions": [e.type_version for e in events],
+        "payloads": payloads[:n],
+        "metadata": metadata[:n],
+        "beside_ids": [e.id for e in beside],
+        "beside_session_ids": [e.meta.session_id for e in beside],
+        "beside_types": [e.type for e in beside],
+        "beside_versions": [e.type_version for e in beside],
+        "beside_payloads": payloads[n:],
+        "beside_metadata": metadata[n:],
+        **personal.vault_params(vault, prefix="vault_"),
     }
 
 

@@ -25,7 +25,7 @@ from psycopg import errors as pgerr
 from psycopg_pool import AsyncConnectionPool
 
 from eventstore.errors import AppendOnlyViolation, DuplicateEventId, WrongExpectedSeq
-from eventstore.events import BeatPartial, LessonCreated
+from eventstore.events import BeatPartial, InteractionRecorded, LessonCreated, ModelRunRecorded
 from eventstore.ids import new_id
 from eventstore.migrations import MIGRATIONS
 from eventstore.migrations import pending as pending_migrations
@@ -220,6 +220,44 @@ async def test_reappending_the_same_ids_is_a_no_op(
     with pytest.raises(DuplicateEventId, match="only part of the batch"):
         await store.append("L", [batch[1], partial(9)], expected_seq=1)
     assert await store.lesson_head("L") == 2
+
+
+async def test_events_beside_a_batch_land_first_in_its_commit_or_not_at_all(
+    pool: AsyncConnectionPool[Any], db_url: str
+) -> None:
+    store = EventStore(pool)
+    heard: list[StoredEvent] = []
+    store.on_append(heard.extend)
+    meta = EventMeta(trace_id="req_1", session_id="s1", user_id="u1")
+    await store.append("L", [partial(0)], expected_seq=0)
+
+    def run() -> NewEvent:
+        return NewEvent.of(
+            ModelRunRecorded(new_id(), "offline", "moderation", 1, 1, 0.0, 0, "ok", "req_1"), meta
+        )
+
+    asked = NewEvent.of(InteractionRecorded(new_id(), "ask", {"question": "why?"}, None, 1), meta)
+    beside = [run(), run()]
+    stored = await store.append("L", [partial(1), asked], expected_seq=1, beside=beside)
+    assert [(e.id, e.lesson_seq) for e in stored] == [(stored[0].id, 2), (asked.id, 3)]
+    assert stored[1].payload["payload"] == {"question": "why?"}  # its personal field, revealed
+    # Listeners hear of both.
+    assert {e.id for e in heard} >= {e.id for e in stored} | {e.id for e in beside}
+
+    # A stale expected_seq stores nothing: neither the batch, nor what is beside it, nor
+    # their vault rows.
+    late = NewEvent.of(InteractionRecorded(new_id(), "ask", {"question": "late"}, None, 1), meta)
+    with pytest.raises(WrongExpectedSeq):
+        await store.append("L", [late], expected_seq=1, beside=[run()])
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT id, lesson_seq FROM events WHERE lesson_id = 'L' ORDER BY insert_no"
+        ).fetchall()
+        vault = conn.execute("SELECT event_id FROM personal_data").fetchall()
+    # The runs beside went in just before the batch, as if appended first.
+    assert [r[0] for r in rows[1:]] == [beside[0].id, beside[1].id, stored[0].id, asked.id]
+    assert [r[1] for r in rows] == [1, None, None, 2, 3]
+    assert {v[0] for v in vault} == {stored[0].id, asked.id, rows[0][0]}
 
 
 async def test_subscriber_starting_mid_stream_gets_backlog_then_live_without_a_seam(

@@ -21,6 +21,56 @@ WHERE %(expected_seq)s = 0
               WHERE lesson_id = %(lesson_id)s AND lesson_seq = %(expected_seq)s)
 RETURNING id, lesson_seq, ts::text;
 
+-- name: append_lesson_kept
+-- append_lesson, with the batch's vault rows (personal.sql `keep`, eventstore/personal.py)
+-- and the events beside it (no lesson_seq, naming the lesson: the model runs of the calls
+-- the batch rests on) in the same statement: one round trip, one commit. The events beside
+-- are inserted first, as if appended just before the batch (the batch's WHERE waits for
+-- them), under the batch's own guard: a stale expected_seq stores nothing at all, and a
+-- taken unique key fails the whole statement. One beside already stored (a retry) is left
+-- as it is, and so is a vault row.
+WITH beside AS (
+  INSERT INTO events (id, session_id, lesson_id, type, type_version, payload_json,
+                      metadata_json)
+  SELECT b.id, b.session_id, %(lesson_id)s, b.type, b.type_version, b.payload::jsonb,
+         b.metadata::jsonb
+  FROM unnest(%(beside_ids)s::text[], %(beside_session_ids)s::text[],
+              %(beside_types)s::text[], %(beside_versions)s::smallint[],
+              %(beside_payloads)s::text[], %(beside_metadata)s::text[])
+       WITH ORDINALITY AS b(id, session_id, type, type_version, payload, metadata, n)
+  WHERE %(expected_seq)s = 0
+     OR EXISTS (SELECT 1 FROM events
+                WHERE lesson_id = %(lesson_id)s AND lesson_seq = %(expected_seq)s)
+  ORDER BY b.n
+  ON CONFLICT (id) DO NOTHING
+  RETURNING id, lesson_seq, ts
+), batch AS (
+  INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
+                      payload_json, metadata_json)
+  SELECT e.id, e.session_id, %(lesson_id)s, %(expected_seq)s + e.n, e.type, e.type_version,
+         e.payload::jsonb, e.metadata::jsonb
+  FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(types)s::text[],
+              %(versions)s::smallint[], %(payloads)s::text[], %(metadata)s::text[])
+       WITH ORDINALITY AS e(id, session_id, type, type_version, payload, metadata, n)
+  WHERE (%(expected_seq)s = 0
+         OR EXISTS (SELECT 1 FROM events
+                    WHERE lesson_id = %(lesson_id)s AND lesson_seq = %(expected_seq)s))
+    AND (SELECT count(*) FROM beside) >= 0  -- true: it makes the rows beside go in first
+  ORDER BY e.n
+  RETURNING id, lesson_seq, ts
+), vault AS (
+  INSERT INTO personal_data (event_id, lesson_id, user_id, fields)
+  SELECT v.event_id, v.lesson_id, v.user_id, v.fields::jsonb
+  FROM unnest(%(vault_event_ids)s::text[], %(vault_lesson_ids)s::text[],
+              %(vault_user_ids)s::text[], %(vault_fields)s::text[])
+       AS v(event_id, lesson_id, user_id, fields)
+  WHERE v.event_id IN (SELECT id FROM batch UNION ALL SELECT id FROM beside)
+  ON CONFLICT (event_id) DO NOTHING
+)
+SELECT id, lesson_seq, ts::text FROM batch
+UNION ALL
+SELECT id, lesson_seq, ts::text FROM beside;
+
 -- name: append_one
 -- append_lesson for a batch of one, with plain parameters: a single event is the common
 -- append, and building six one-element arrays cost more client time than the INSERT.
