@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from commands import moderation, ratelimit, spendcap
 from commands.messages import Caller
 from commands.ratelimit import Bucket
+from eventstore.store import NewEvent
 
 if TYPE_CHECKING:
     from commands.bootstrap import Deps
@@ -59,16 +60,38 @@ async def enforce_spend_cap(deps: Deps, caller: Caller, *, lesson_id: str | None
 
 
 async def screen_input(
-    deps: Deps, caller: Caller, texts: Mapping[str, str], *, lesson_id: str | None = None
+    deps: Deps,
+    caller: Caller,
+    texts: Mapping[str, str],
+    *,
+    lesson_id: str | None = None,
+    passed: list[NewEvent] | None = None,
 ) -> None:
     await moderation.screen(
-        deps.provider, texts, "input", store=deps.store, meta=caller.meta(), lesson_id=lesson_id
+        deps.provider,
+        texts,
+        "input",
+        store=deps.store,
+        meta=caller.meta(),
+        lesson_id=lesson_id,
+        passed=passed,
     )
 
 
 async def screen_output(
-    deps: Deps, caller: Caller, texts: Mapping[str, str], *, lesson_id: str | None = None
+    deps: Deps,
+    caller: Caller,
+    texts: Mapping[str, str],
+    *,
+    lesson_id: str | None = None,
+    passed: list[NewEvent] | None = None,
 ) -> None:
     await moderation.screen(
-        deps.provider, texts, "output", store=deps.store, meta=caller.meta(), lesson_id=lesson_id
+        deps.provider,
+        texts,
+        "output",
+        store=deps.store,
+        meta=caller.meta(),
+        lesson_id=lesson_id,
+        passed=passed,
     )

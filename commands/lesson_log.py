@@ -141,21 +141,29 @@ async def commit(
     *,
     on_conflict: Exception | None = None,
     retries: int = CONFLICT_RETRIES,
+    beside: Sequence[NewEvent] = (),
 ) -> tuple[list[StoredEvent], LessonState]:
     """Decide on `state` and append; on a conflict fold what was missed and decide again.
 
     Returns the events that became known (missed ones, then the appended ones) and the state
     after them. After `retries` conflicts in a row, raises `on_conflict` (a Conflict by
-    default): the lesson is changing faster than this writer can decide.
+    default): the lesson is changing faster than this writer can decide. `beside` (events
+    without a lesson_seq, such as the runs of the moderation calls the decision rests on)
+    are stored in the decision's own commit, or on their own if it decides nothing; once
+    this returns they are stored.
     """
     known: list[StoredEvent] = []
     for _ in range(retries):
         new = decide(state)
         if not new:
+            await store.append_unordered(beside, lesson_id=state.lesson_id)
             return known, state
         try:
             stored = await store.append(
-                state.lesson_id, [NewEvent.of(e, meta) for e in new], expected_seq=state.version
+                state.lesson_id,
+                [NewEvent.of(e, meta) for e in new],
+                expected_seq=state.version,
+                beside=beside,
             )
         except WrongExpectedSeq:
             missed = [e async for e in store.read_lesson(state.lesson_id, state.version)]

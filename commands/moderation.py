@@ -35,8 +35,14 @@ async def screen(
     store: EventStore,
     meta: EventMeta,
     lesson_id: str | None = None,
+    passed: list[NewEvent] | None = None,
 ) -> None:
-    """Pass every text through the classifier, or raise Refused (after recording why)."""
+    """Pass every text through the classifier, or raise Refused (after recording why).
+
+    With `passed`, the runs of texts that all pass are added to it instead of appended: the
+    caller stores them in its own append (lesson_log.commit's `beside`), and appends them on
+    their own if it never gets there. A refusal or a failure is appended here, as always.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     fields = [(name, text) for name, text in texts.items() if text and text.strip()]
@@ -64,6 +70,9 @@ async def screen(
         name, verdict = refusal
         category = verdict.category or "explicit_harm"
         events.append(NewEvent.of(SafetyRefused(stage, category, name), meta))
+    if refusal is None and failure is None and passed is not None:
+        passed.extend(events)
+        return
     await store.append_unordered(events, lesson_id=lesson_id)
     if refusal is not None:
         raise Refused(REFUSAL_MESSAGE, details={"reason": "safety", "field": refusal[0]})

@@ -6,11 +6,12 @@ import base64
 import json
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from commands.providers.prompts import DRAWING_SYSTEM, GRADE_SYSTEM
 from tests.conftest import make_settings
-from tests.fakes.anthropic_server import FakeAnthropic, TextReply, image_blocks
+from tests.fakes.anthropic_server import FakeAnthropic, TextReply, image_blocks, server_error
 from tests.live import serve_app
 from tests.sse import read_stream
 from tests.test_interactions_api import png
@@ -99,6 +100,65 @@ def test_ask_attempt_and_whiteboard_on_the_messages_api(
     purposes = [run["purpose"] for run in runs(db_url, lesson_id)]
     assert purposes[-3:] == ["ask", "attempt", "whiteboard"]
     assert all(run["model"] == "haiku-4-5" for run in runs(db_url, lesson_id)[-3:])
+
+
+def calls_of(db_url: str, trace_id: str) -> list[tuple[str, str | None, bool]]:
+    """(type, model run purpose, in the lesson's order) of a request's events, in order."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT type, payload_json->>'purpose', lesson_seq IS NOT NULL FROM events"
+            " WHERE metadata_json->>'trace_id' = %s AND type <> 'error' ORDER BY insert_no",
+            (trace_id,),
+        ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def test_an_ask_records_its_moderation_runs_with_the_answer_or_on_its_way_out(
+    server: str, db_url: str, fake_anthropic: FakeAnthropic
+) -> None:
+    allowed = TextReply(json.dumps({"allowed": True, "category": None}))
+    with client_for(server) as client:
+        body = body_with("topic", "Kepler's laws")
+        body["intent"]["advanced"]["outputs"] = []
+        r = client.post("/v1/plan", json=body)
+        assert r.status_code == 200, r.text
+        lesson_id = r.json()["lesson_id"]
+        ask = f"/v1/lesson/{lesson_id}/ask"
+
+        # Answered: both moderation runs go into the interaction's own append, first.
+        r = client.post(ask, json={"question": "Why ellipses?"})
+        assert r.status_code == 200, r.text
+        assert calls_of(db_url, r.json()["trace_id"]) == [
+            ("model_run.recorded", "moderation", False),
+            ("model_run.recorded", "moderation", False),
+            ("model_run.recorded", "ask", True),
+            ("interaction.recorded", None, True),
+        ]
+
+        # The answer is refused by output moderation: every call is recorded all the same.
+        fake_anthropic.script_teaching(TextReply("Because of the orbit."))
+        fake_anthropic.script(
+            allowed, TextReply(json.dumps({"allowed": False, "category": "csam"}))
+        )
+        r = client.post(ask, json={"question": "Why orbits?"})
+        assert r.json()["code"] == "refused", r.text
+        assert sorted(calls_of(db_url, r.json()["trace_id"])) == [
+            ("model_run.recorded", "ask", False),
+            ("model_run.recorded", "moderation", False),
+            ("model_run.recorded", "moderation", False),
+            ("safety.refused", None, False),
+        ]
+
+        # The model call fails: the question's moderation run is recorded with its runs.
+        fake_anthropic.script_teaching(server_error(), server_error())
+        fake_anthropic.script(allowed)
+        r = client.post(ask, json={"question": "Why not circles?"})
+        assert r.json()["code"] == "model_unavailable", r.text
+        calls = calls_of(db_url, r.json()["trace_id"])
+        assert ("model_run.recorded", "moderation", False) in calls
+        assert ("model_run.recorded", "ask", False) in calls
+        assert all(t != "interaction.recorded" for t, _, _ in calls)
+    assert fake_anthropic.unused_replies == 0
 
 
 def test_adjust_revises_the_plan_on_the_fast_tier(

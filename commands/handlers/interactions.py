@@ -5,6 +5,9 @@ validates the body, runs the guardrails in the contract's order (rate limit, spe
 input moderation, the model call, output moderation), decides on the folded lesson and
 appends through the shared loop (commands/lesson_log.py). Every interaction is an
 `interaction.recorded` in the lesson's log, next to the `model_run.recorded` of its calls.
+The runs of the moderation calls that passed are stored in the same statement and commit
+(beside the lesson, as moderation stores them), not each in an append of its own; a request
+that fails before that append stores them on its way out (_screened).
 
 Rate limits: ask, adjust, whiteboard and a free-answer attempt (a model call each) count in
 the `ask` bucket (contracts §8: in-lesson questions); an attempt by option needs no model
@@ -18,10 +21,12 @@ the lesson notices at its next append, whose expected seq the revision made stal
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,7 +63,15 @@ from commands.providers import Adjustment, Drawing, Grade, ModelRun, PlanRequest
 from commands.ratelimit import Bucket
 from eventstore.database import autocommit
 from eventstore.errors import translate_errors
-from eventstore.events import ACTIVE, DRAFT, JSON, READY, InteractionRecorded, ModelRunRecorded
+from eventstore.events import (
+    ACTIVE,
+    DRAFT,
+    JSON,
+    READY,
+    DomainEvent,
+    InteractionRecorded,
+    ModelRunRecorded,
+)
 from eventstore.ids import new_id
 from eventstore.queries import load_queries
 from eventstore.store import NewEvent
@@ -122,9 +135,11 @@ async def _call(
     lesson_id: str,
     call: Awaitable[Result[T]],
     output: Callable[[T], Mapping[str, str]] | None = None,
+    passed: list[NewEvent] | None = None,
 ) -> Result[T]:
-    """The model call, then output moderation of `output(value)`; a failure or a refusal
-    records the runs that were made before it is raised."""
+    """The model call, then output moderation of `output(value)` (its runs added to
+    `passed`, see _screened); a failure or a refusal records the runs that were made before
+    it is raised."""
     try:
         result = await call
     except providers.ProviderError as e:
@@ -132,7 +147,8 @@ async def _call(
         raise providers.as_command_error(e) from e
     if output is not None:
         try:
-            await screen_output(deps, caller, output(result.value), lesson_id=lesson_id)
+            texts = output(result.value)
+            await screen_output(deps, caller, texts, lesson_id=lesson_id, passed=passed)
         except CommandError:
             await _record_failed_runs(deps, caller, lesson_id, result.runs)
             raise
@@ -143,20 +159,46 @@ def _runs(result: Result[Any] | None, caller: Caller, ord: int | None) -> list[M
     return [] if result is None else [run_event(r, caller.trace_id, ord) for r in result.runs]
 
 
+@contextlib.asynccontextmanager
+async def _screened(deps: Deps, lesson_id: str) -> AsyncIterator[list[NewEvent]]:
+    """The runs of the moderation calls that passed, kept for the interaction's own append:
+    one statement and one commit with it (_commit), none of their own. A request that ends
+    before that append (a refusal, a failed model call, a conflict, a cancellation) appends
+    them on its way out, so every call is recorded, as when moderation appended at once."""
+    passed: list[NewEvent] = []
+    try:
+        yield passed
+    finally:
+        if passed:
+            # Shielded: a request cancelled here still records what it spent.
+            await asyncio.shield(deps.store.append_unordered(list(passed), lesson_id=lesson_id))
+
+
+async def _commit(
+    deps: Deps,
+    caller: Caller,
+    state: LessonState,
+    decide: Callable[[LessonState], list[DomainEvent]],
+    passed: list[NewEvent],
+    retries: int = STUDENT_RETRIES,
+) -> LessonState:
+    """Append the decision with the runs `passed` holds (then stored: _screened lets go)."""
+    _, state = await lesson_log.commit(
+        deps.store, state, decide, caller.meta(), retries=retries, beside=tuple(passed)
+    )
+    passed.clear()
+    return state
+
+
 async def _record(
     deps: Deps,
     caller: Caller,
     state: LessonState,
     interaction: InteractionRecorded,
     runs: Sequence[ModelRunRecorded],
+    passed: list[NewEvent],
 ) -> None:
-    await lesson_log.commit(
-        deps.store,
-        state,
-        lambda s: decide_interaction(s, interaction, runs),
-        caller.meta(),
-        retries=STUDENT_RETRIES,
-    )
+    await _commit(deps, caller, state, lambda s: decide_interaction(s, interaction, runs), passed)
 
 
 def narration_of(text: str) -> str:
@@ -190,23 +232,26 @@ async def ask(cmd: Ask, deps: Deps) -> AskAnswer:
     state = await _load(deps, caller, lesson_id)
     ord = await _position(deps, state, data.beat_ord, "beat_ord")
     await admit(deps, caller, Bucket.ASK, lesson_id=lesson_id)
-    await screen_input(deps, caller, {"question": data.question}, lesson_id=lesson_id)
-    result: Result[str] = await _call(
-        deps,
-        caller,
-        lesson_id,
-        deps.provider.answer(data.question, state.plan_object(), ord, _request(state)),
-        lambda text: {"answer": text},
-    )
-    answer = AskAnswer(new_id(), result.value, narration_of(result.value))
-    interaction = InteractionRecorded(
-        interaction_id=answer.interaction_id,
-        type="ask",
-        payload={"question": data.question},
-        response={"text": answer.text, "narration_text": answer.narration_text},
-        beat_ord=ord,
-    )
-    await _record(deps, caller, state, interaction, _runs(result, caller, ord))
+    async with _screened(deps, lesson_id) as passed:
+        texts = {"question": data.question}
+        await screen_input(deps, caller, texts, lesson_id=lesson_id, passed=passed)
+        result: Result[str] = await _call(
+            deps,
+            caller,
+            lesson_id,
+            deps.provider.answer(data.question, state.plan_object(), ord, _request(state)),
+            lambda text: {"answer": text},
+            passed,
+        )
+        answer = AskAnswer(new_id(), result.value, narration_of(result.value))
+        interaction = InteractionRecorded(
+            interaction_id=answer.interaction_id,
+            type="ask",
+            payload={"question": data.question},
+            response={"text": answer.text, "narration_text": answer.narration_text},
+            beat_ord=ord,
+        )
+        await _record(deps, caller, state, interaction, _runs(result, caller, ord), passed)
     # Spoken after the answer is stored (a TTS failure never fails the ask; the clip's run
     # is recorded in the lesson's log).
     audio_url = await narrate(deps, answer.narration_text, caller.meta(), lesson_id=lesson_id)
@@ -286,7 +331,7 @@ async def attempt(cmd: Attempt, deps: Deps) -> AttemptAnswer:
         response={"verdict": grade.verdict, "feedback": grade.feedback},
         beat_ord=beat.ord,
     )
-    await _record(deps, caller, state, interaction, _runs(result, caller, beat.ord))
+    await _record(deps, caller, state, interaction, _runs(result, caller, beat.ord), [])
     return answered
 
 
@@ -323,64 +368,68 @@ async def adjust(cmd: Adjust, deps: Deps) -> AdjustAnswer:
     _check_adjustable(state)
     payload: JSON
     result: Result[Any] | None = None
-    if data.regenerate_beat is not None:
-        ord = await _position(deps, state, data.regenerate_beat, "regenerate_beat")
-        current = await _position(deps, state, None, "current_beat_ord")
-        await admit(deps, caller, Bucket.ASK, lesson_id=lesson_id)
-        revision = Revision(
-            plan=state.plan or {}, triggered_by="adjust", feedback_text=None, only_ord=ord
+    async with _screened(deps, lesson_id) as passed:
+        if data.regenerate_beat is not None:
+            ord = await _position(deps, state, data.regenerate_beat, "regenerate_beat")
+            current = await _position(deps, state, None, "current_beat_ord")
+            await admit(deps, caller, Bucket.ASK, lesson_id=lesson_id)
+            revision = Revision(
+                plan=state.plan or {}, triggered_by="adjust", feedback_text=None, only_ord=ord
+            )
+            # Contracts §5: explicit regeneration invalidates that one beat's cached content.
+            model = deps.supervisor.config.model(Tier.STREAMING)
+            await _cache_delete(deps, beat_cache_key(state.plan or {}, ord, state.level, model))
+            payload = {"regenerate_beat": ord}
+        else:
+            current = await _position(deps, state, data.current_beat_ord, "current_beat_ord")
+            if current >= len(state.beats):
+                raise InvalidInput(
+                    "current_beat_ord", "is the last beat: nothing after it to adjust"
+                )
+            await admit(deps, caller, Bucket.ASK, lesson_id=lesson_id)
+            texts = {
+                "feedback": data.feedback or "",
+                **{f"axes[{i}]": a for i, a in enumerate(data.axes)},
+            }
+            await screen_input(deps, caller, texts, lesson_id=lesson_id, passed=passed)
+            level, direction = resolve_level(state.level, data.level)
+            adjustment = Adjustment(level, direction, data.axes, data.feedback, current)
+            result = await _call(
+                deps,
+                caller,
+                lesson_id,
+                deps.provider.revise_plan(state.plan_object(), adjustment, _request(state, level)),
+                lambda plan: {"plan": " | ".join([plan.summary, *(b.title for b in plan.beats)])},
+                passed,
+            )
+            revision = Revision(
+                plan=plan_json(result.value),
+                triggered_by="adjust",
+                feedback_text=data.feedback,
+                level=level if level != state.level else None,
+                current_ord=current,
+            )
+            payload = {
+                "level": data.level,
+                "axes": list(data.axes),
+                "feedback": data.feedback,
+                "current_beat_ord": current,
+            }
+        interaction = InteractionRecorded(
+            interaction_id=new_id(),
+            type="adjust",
+            payload=payload,
+            response={"current_beat_ord": current},
+            beat_ord=current,
         )
-        # Contracts §5: explicit regeneration invalidates that one beat's cached content.
-        model = deps.supervisor.config.model(Tier.STREAMING)
-        await _cache_delete(deps, beat_cache_key(state.plan or {}, ord, state.level, model))
-        payload = {"regenerate_beat": ord}
-    else:
-        current = await _position(deps, state, data.current_beat_ord, "current_beat_ord")
-        if current >= len(state.beats):
-            raise InvalidInput("current_beat_ord", "is the last beat: nothing after it to adjust")
-        await admit(deps, caller, Bucket.ASK, lesson_id=lesson_id)
-        texts = {
-            "feedback": data.feedback or "",
-            **{f"axes[{i}]": a for i, a in enumerate(data.axes)},
-        }
-        await screen_input(deps, caller, texts, lesson_id=lesson_id)
-        level, direction = resolve_level(state.level, data.level)
-        adjustment = Adjustment(level, direction, data.axes, data.feedback, current)
-        result = await _call(
+        runs = _runs(result, caller, None)
+        state = await _commit(
             deps,
             caller,
-            lesson_id,
-            deps.provider.revise_plan(state.plan_object(), adjustment, _request(state, level)),
-            lambda plan: {"plan": " | ".join([plan.summary, *(b.title for b in plan.beats)])},
+            state,
+            lambda s: decide_adjust(s, revision, _with_revision(interaction, s), runs),
+            passed,
         )
-        revision = Revision(
-            plan=plan_json(result.value),
-            triggered_by="adjust",
-            feedback_text=data.feedback,
-            level=level if level != state.level else None,
-            current_ord=current,
-        )
-        payload = {
-            "level": data.level,
-            "axes": list(data.axes),
-            "feedback": data.feedback,
-            "current_beat_ord": current,
-        }
-    interaction = InteractionRecorded(
-        interaction_id=new_id(),
-        type="adjust",
-        payload=payload,
-        response={"current_beat_ord": current},
-        beat_ord=current,
-    )
-    runs = _runs(result, caller, None)
-    _, state = await lesson_log.commit(
-        deps.store,
-        state,
-        lambda s: decide_adjust(s, revision, _with_revision(interaction, s), runs),
-        caller.meta(),
-        retries=STUDENT_RETRIES,
-    )
     # Whoever owns the generation notices the revision at its next append; this makes sure
     # someone owns it (a worker that had stopped on an error is re-armed).
     await deps.supervisor.request(lesson_id)
@@ -410,44 +459,48 @@ async def iterate_plan(cmd: IteratePlan, deps: Deps) -> PlanAnswer:
     if state.status != DRAFT or state.locked:
         raise Conflict("This lesson has started; adjust it instead of iterating its plan.")
     await admit(deps, caller, Bucket.PLAN, lesson_id=state.lesson_id)
-    texts = {"feedback": data.feedback or "", "chip": data.chip or ""}
-    await screen_input(deps, caller, texts, lesson_id=state.lesson_id)
-    wishes = " ".join(w for w in (data.chip, data.feedback) if w)
-    free_text = " ".join(str(w) for w in (state.intent.get("free_text"), wishes) if w)
-    intent = {**state.intent, "free_text": free_text} if free_text else state.intent
-    request = plan_request(state.subject, state.topic, state.level, intent)
-    result = await _call(
-        deps,
-        caller,
-        state.lesson_id,
-        deps.provider.plan(request),
-        lambda value: output_texts(*value),
-    )
-    new_plan, beat1 = result.value
-    beat1_id = new_id()
-    model = result.runs[-1].model if result.runs else deps.provider.name
-    interaction = InteractionRecorded(
-        interaction_id=new_id(),
-        type="iterate",
-        payload={"feedback": data.feedback, "chip": data.chip},
-        response={"plan": plan_json(new_plan)},
-    )
-    runs = _runs(result, caller, None)
-    await lesson_log.commit(
-        deps.store,
-        state,
-        lambda s: decide_iterate(
-            s,
-            new_plan,
-            beat1,
-            beat1_id,
-            model=model,
-            feedback_text=wishes or None,
-            interaction=interaction,
-            runs=runs,
-        ),
-        caller.meta(),
-    )
+    async with _screened(deps, state.lesson_id) as passed:
+        texts = {"feedback": data.feedback or "", "chip": data.chip or ""}
+        await screen_input(deps, caller, texts, lesson_id=state.lesson_id, passed=passed)
+        wishes = " ".join(w for w in (data.chip, data.feedback) if w)
+        free_text = " ".join(str(w) for w in (state.intent.get("free_text"), wishes) if w)
+        intent = {**state.intent, "free_text": free_text} if free_text else state.intent
+        request = plan_request(state.subject, state.topic, state.level, intent)
+        result = await _call(
+            deps,
+            caller,
+            state.lesson_id,
+            deps.provider.plan(request),
+            lambda value: output_texts(*value),
+            passed,
+        )
+        new_plan, beat1 = result.value
+        beat1_id = new_id()
+        model = result.runs[-1].model if result.runs else deps.provider.name
+        interaction = InteractionRecorded(
+            interaction_id=new_id(),
+            type="iterate",
+            payload={"feedback": data.feedback, "chip": data.chip},
+            response={"plan": plan_json(new_plan)},
+        )
+        runs = _runs(result, caller, None)
+        await _commit(
+            deps,
+            caller,
+            state,
+            lambda s: decide_iterate(
+                s,
+                new_plan,
+                beat1,
+                beat1_id,
+                model=model,
+                feedback_text=wishes or None,
+                interaction=interaction,
+                runs=runs,
+            ),
+            passed,
+            retries=lesson_log.CONFLICT_RETRIES,
+        )
     return PlanAnswer(state.lesson_id, new_plan, beat1_id, beat1, cache_hit=False)
 
 
@@ -470,30 +523,32 @@ async def whiteboard(cmd: Whiteboard, deps: Deps) -> WhiteboardAnswer:
     state = await _load(deps, caller, lesson_id)
     ord = await _position(deps, state, data.beat_ord, "beat_ord")
     await admit(deps, caller, Bucket.ASK, lesson_id=lesson_id)
-    await screen_input(deps, caller, {"text": data.text}, lesson_id=lesson_id)
-    drawing = Drawing(data.image, data.media_type)
-    result: Result[str] = await _call(
-        deps,
-        caller,
-        lesson_id,
-        deps.provider.comment_drawing(
-            drawing, data.text, state.plan_object(), ord, _request(state)
-        ),
-        lambda text: {"comment": text},
-    )
-    answer = WhiteboardAnswer(new_id(), result.value)
-    interaction = InteractionRecorded(
-        interaction_id=answer.interaction_id,
-        type="whiteboard",
-        # The image itself is kept as an asset once assets land; the log names it by hash.
-        payload={
-            "text": data.text,
-            "media_type": data.media_type,
-            "bytes": len(data.image),
-            "sha256": hashlib.sha256(data.image).hexdigest(),
-        },
-        response={"comment": answer.comment},
-        beat_ord=ord,
-    )
-    await _record(deps, caller, state, interaction, _runs(result, caller, ord))
+    async with _screened(deps, lesson_id) as passed:
+        await screen_input(deps, caller, {"text": data.text}, lesson_id=lesson_id, passed=passed)
+        drawing = Drawing(data.image, data.media_type)
+        result: Result[str] = await _call(
+            deps,
+            caller,
+            lesson_id,
+            deps.provider.comment_drawing(
+                drawing, data.text, state.plan_object(), ord, _request(state)
+            ),
+            lambda text: {"comment": text},
+            passed,
+        )
+        answer = WhiteboardAnswer(new_id(), result.value)
+        interaction = InteractionRecorded(
+            interaction_id=answer.interaction_id,
+            type="whiteboard",
+            # The image itself is kept as an asset once assets land; the log names it by hash.
+            payload={
+                "text": data.text,
+                "media_type": data.media_type,
+                "bytes": len(data.image),
+                "sha256": hashlib.sha256(data.image).hexdigest(),
+            },
+            response={"comment": answer.comment},
+            beat_ord=ord,
+        )
+        await _record(deps, caller, state, interaction, _runs(result, caller, ord), passed)
     return answer
