@@ -8,9 +8,8 @@ than exactly an hour.
 
 Admission is read-then-write, so it runs under a transaction-level advisory lock per
 (scope, key, bucket): 30 concurrent requests against a limit of 5 admit exactly 5. (Counting
-then inserting at READ COMMITTED without it lets about 16 through.) The lock, the read and
-the count are one round trip (admit_hit in ratelimit.sql). Refused requests do not count.
-Anonymous callers are limited per client IP (an IPv6 client per /64, the block one
+then inserting at READ COMMITTED without it lets about 16 through.) Refused requests do not
+count. Anonymous callers are limited per client IP (an IPv6 client per /64, the block one
 subscriber gets), signed-in ones per user; the limits come from Settings.
 """
 
@@ -25,11 +24,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from psycopg import AsyncClientCursor
-
 from commands.errors import OverQuota
 from commands.sessions import Principal
-from eventstore.database import Pool, autocommit
+from eventstore.database import Pool
 from eventstore.errors import translate_errors
 from eventstore.events import OverQuotaHit
 from eventstore.queries import load_queries, one_row
@@ -141,13 +138,10 @@ async def hit(
 ) -> Decision:
     """Count one hit against (scope, key, bucket) if it fits under `limit`.
 
-    One round trip (it was five: BEGIN, lock, read, count, COMMIT): the lock and the
-    counting statement go as one simple query (admit_hit in ratelimit.sql), which only a
-    client-side-binding cursor can send with parameters.
+    The lock, then one statement that reads the slices and counts the hit by the rule
+    `decide` applies to them (count_hit_if_room), so the two agree.
     """
     params: dict[str, Any] = {
-        "namespace": LOCK_NAMESPACE,
-        "lock_name": f"{scope}\x1f{key}\x1f{bucket}",
         "scope": str(scope),
         "key": key,
         "bucket": str(bucket),
@@ -155,11 +149,11 @@ async def hit(
         "slice": limits.slice,
         "limit": limit,
     }
+    lock = {"namespace": LOCK_NAMESPACE, "lock_name": f"{scope}\x1f{key}\x1f{bucket}"}
     with translate_errors():
-        async with autocommit(pool) as conn:
-            cur = AsyncClientCursor(conn)
-            await cur.execute(_Q["admit_hit"], params)
-            cur.nextset()  # past the lock's result
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(_Q["lock_bucket"], lock)
+            cur = await conn.execute(_Q["count_hit_if_room"], params)
             now, starts, counts = await one_row(cur)
     return decide(list(zip(starts, counts, strict=True)), now, limit, limits.window, limits.slice)
 
