@@ -174,6 +174,25 @@ async def test_a_log_restored_to_an_earlier_point_is_folded_again_from_scratch(
     assert first.interaction_id not in {i.interaction_id for i in loaded.interactions}
 
 
+async def test_reading_after_a_known_event_pages_through_everything_newer(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    store = EventStore(pool)
+    lesson_id = await new_lesson(store)
+    known = [e async for e in store.read_lesson(lesson_id)][-1]
+    asks = [
+        InteractionRecorded(new_id(), "ask", {"question": f"q{i}"}, {"text": "a"}, 1)
+        for i in range(5)
+    ]
+    await append_lesson(store, lesson_id, SESSION, asks, expected_seq=known.lesson_seq or 0)
+    newer = await store.read_lesson_after_known(
+        lesson_id, known.lesson_seq or 0, known.id, page_size=2
+    )
+    assert newer is not None
+    assert [e.payload["payload"] for e in newer] == [{"question": f"q{i}"} for i in range(5)]
+    assert await store.read_lesson_after_known(lesson_id, known.lesson_seq or 0, "other") is None
+
+
 async def test_an_unknown_lesson_is_not_cached(pool: AsyncConnectionPool[Any]) -> None:
     store = EventStore(pool)
     missing = new_id()
