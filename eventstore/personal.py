@@ -11,8 +11,7 @@ personal is left in the database to read. docs/privacy.md says why this and not
 crypto-shredding.
 
 The store calls `seal` on append and `restore` on read, and writes the vault rows `seal`
-made in the append's own commit (with `keep`, or in its INSERT: store.sql's
-append_lesson_kept).
+made in the append's own commit (with `keep`, or in its INSERT from `document`).
 """
 
 from __future__ import annotations
@@ -127,18 +126,15 @@ async def keep(conn: Conn, rows: Sequence[VaultRow]) -> None:
     """Write a batch's vault rows (before its events, in the same append)."""
     if not rows:
         return
-    await conn.execute(_Q["keep"], vault_params(rows))
-
-
-def vault_params(rows: Sequence[VaultRow], prefix: str = "") -> dict[str, list[Any]]:
-    """The parameters of `keep`, or of a statement that writes vault rows with the events
-    (the store's append_lesson_kept, whose names carry `prefix`)."""
-    return {
-        f"{prefix}event_ids": [r.event_id for r in rows],
-        f"{prefix}lesson_ids": [r.lesson_id for r in rows],
-        f"{prefix}user_ids": [r.user_id for r in rows],
-        f"{prefix}fields": [orjson.dumps(r.fields).decode() for r in rows],
-    }
+    await conn.execute(
+        _Q["keep"],
+        {
+            "event_ids": [r.event_id for r in rows],
+            "lesson_ids": [r.lesson_id for r in rows],
+            "user_ids": [r.user_id for r in rows],
+            "fields": [orjson.dumps(r.fields).decode() for r in rows],
+        },
+    )
 
 
 E = TypeVar("E", bound=_Stored)

@@ -497,20 +497,8 @@ class EventStore:
         sealed = personal.seal(events, lessons, [e.meta.user_id for e in events])
         payloads = [orjson.dumps(p).decode() for p in sealed.payloads]
         metadata = [orjson.dumps(e.meta.as_json()).decode() for e in events]
-        document = [
-            {
-                "id": e.id,
-                "session_id": e.meta.session_id,
-                "lesson_id": lesson,
-                "type": e.type,
-                "type_version": e.type_version,
-                "payload": orjson.Fragment(payload),
-                "metadata": orjson.Fragment(meta),
-            }
-            for e, lesson, payload, meta in zip(events, lessons, payloads, metadata, strict=True)
-        ]
         params = {
-            "events": orjson.dumps(document).decode(),
+            "events": _document(events, payloads, metadata, lessons),
             "vault": personal.document(sealed.rows),
         }
         with translate_errors():
@@ -722,25 +710,40 @@ def _kept_statement(
     vault: Sequence[personal.VaultRow],
 ) -> tuple[LiteralString, dict[str, Any]]:
     """append_lesson_kept: a lesson's batch (payloads and metadata first), the events beside
-    it (the rest), and the vault rows of both."""
+    it (the rest), and the vault rows of both, each as one JSON document."""
     n = len(events)
     return _Q["append_lesson_kept"], {
         "lesson_id": lesson_id,
         "expected_seq": expected_seq,
-        "ids": [e.id for e in events],
-        "session_ids": [e.meta.session_id for e in events],
-        "types": [e.type for e in events],
-        "versions": [e.type_version for e in events],
-        "payloads": payloads[:n],
-        "metadata": metadata[:n],
-        "beside_ids": [e.id for e in beside],
-        "beside_session_ids": [e.meta.session_id for e in beside],
-        "beside_types": [e.type for e in beside],
-        "beside_versions": [e.type_version for e in beside],
-        "beside_payloads": payloads[n:],
-        "beside_metadata": metadata[n:],
-        **personal.vault_params(vault, prefix="vault_"),
+        "events": _document(events, payloads[:n], metadata[:n]),
+        "beside": _document(beside, payloads[n:], metadata[n:]),
+        "vault": personal.document(vault),
     }
+
+
+def _document(
+    events: Sequence[NewEvent],
+    payloads: Sequence[str],
+    metadata: Sequence[str],
+    lesson_ids: Sequence[str | None] | None = None,
+) -> str:
+    """Events as one JSON array, payloads and metadata embedded as they will be stored: the
+    client encodes it in C, where text arrays cost a Python-level escape of every element.
+    Each names its lesson if `lesson_ids` is given (a lesson's batch names it once)."""
+    rows = []
+    for i, (e, payload, meta) in enumerate(zip(events, payloads, metadata, strict=True)):
+        row = {
+            "id": e.id,
+            "session_id": e.meta.session_id,
+            "type": e.type,
+            "type_version": e.type_version,
+            "payload": orjson.Fragment(payload),
+            "metadata": orjson.Fragment(meta),
+        }
+        if lesson_ids is not None:
+            row["lesson_id"] = lesson_ids[i]
+        rows.append(row)
+    return orjson.dumps(rows).decode()
 
 
 def _shared_params(waiting: Sequence[_Waiting]) -> dict[str, Any]:

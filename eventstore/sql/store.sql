@@ -22,21 +22,20 @@ WHERE %(expected_seq)s = 0
 RETURNING id, lesson_seq, ts::text;
 
 -- name: append_lesson_kept
--- append_lesson, with the batch's vault rows (personal.sql `keep`, eventstore/personal.py)
--- and the events beside it (no lesson_seq, naming the lesson: the model runs of the calls
--- the batch rests on) in the same statement: one round trip, one commit. The events beside
--- are inserted first, as if appended just before the batch (the batch's WHERE waits for
--- them), under the batch's own guard: a stale expected_seq stores nothing at all, and a
--- taken unique key fails the whole statement. One beside already stored (a retry) is left
--- as it is, and so is a vault row.
+-- append_lesson, with the batch's vault rows (eventstore/personal.py) and the events beside
+-- it (no lesson_seq, naming the lesson: the model runs of the calls the batch rests on) in
+-- the same statement: one round trip, one commit. Each arrives as one JSON document, as in
+-- append_unordered. The events beside are inserted first, as if appended just before the
+-- batch (the batch's WHERE waits for them), under the batch's own guard: a stale
+-- expected_seq stores nothing at all, and a taken unique key fails the whole statement.
+-- One beside already stored (a retry) is left as it is, and so is a vault row.
 WITH beside AS (
   INSERT INTO events (id, session_id, lesson_id, type, type_version, payload_json,
                       metadata_json)
-  SELECT b.id, b.session_id, %(lesson_id)s, b.type, b.type_version, b.payload::jsonb,
-         b.metadata::jsonb
-  FROM unnest(%(beside_ids)s::text[], %(beside_session_ids)s::text[],
-              %(beside_types)s::text[], %(beside_versions)s::smallint[],
-              %(beside_payloads)s::text[], %(beside_metadata)s::text[])
+  SELECT b.id, b.session_id, %(lesson_id)s, b.type, b.type_version, b.payload, b.metadata
+  FROM ROWS FROM (jsonb_to_recordset(%(beside)s::jsonb)
+                  AS (id text, session_id text, type text, type_version smallint,
+                      payload jsonb, metadata jsonb))
        WITH ORDINALITY AS b(id, session_id, type, type_version, payload, metadata, n)
   WHERE %(expected_seq)s = 0
      OR EXISTS (SELECT 1 FROM events
@@ -48,9 +47,10 @@ WITH beside AS (
   INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
                       payload_json, metadata_json)
   SELECT e.id, e.session_id, %(lesson_id)s, %(expected_seq)s + e.n, e.type, e.type_version,
-         e.payload::jsonb, e.metadata::jsonb
-  FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(types)s::text[],
-              %(versions)s::smallint[], %(payloads)s::text[], %(metadata)s::text[])
+         e.payload, e.metadata
+  FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb)
+                  AS (id text, session_id text, type text, type_version smallint,
+                      payload jsonb, metadata jsonb))
        WITH ORDINALITY AS e(id, session_id, type, type_version, payload, metadata, n)
   WHERE (%(expected_seq)s = 0
          OR EXISTS (SELECT 1 FROM events
@@ -60,10 +60,9 @@ WITH beside AS (
   RETURNING id, lesson_seq, ts
 ), vault AS (
   INSERT INTO personal_data (event_id, lesson_id, user_id, fields)
-  SELECT v.event_id, v.lesson_id, v.user_id, v.fields::jsonb
-  FROM unnest(%(vault_event_ids)s::text[], %(vault_lesson_ids)s::text[],
-              %(vault_user_ids)s::text[], %(vault_fields)s::text[])
-       AS v(event_id, lesson_id, user_id, fields)
+  SELECT v.event_id, v.lesson_id, v.user_id, v.fields
+  FROM jsonb_to_recordset(%(vault)s::jsonb)
+       AS v(event_id text, lesson_id text, user_id text, fields jsonb)
   WHERE v.event_id IN (SELECT id FROM batch UNION ALL SELECT id FROM beside)
   ON CONFLICT (event_id) DO NOTHING
 )
