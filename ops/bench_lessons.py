@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -86,20 +87,31 @@ def _child_main(port: int) -> None:
     from starlette.routing import Route
 
     from eventstore.logconfig import configure_logging
-    from web.app import create_app
+    from web.app import create_app, tune_gc
 
     counts: Counter[str] = Counter()
-    original = pg.AsyncConnection.execute
+    original = pg.AsyncCursor.execute  # every statement goes through it, conn.execute's too
 
     async def counted(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
         counts[_classify(query)] += 1
         return await original(self, query, params, **kw)
 
-    pg.AsyncConnection.execute = counted  # type: ignore[method-assign]  # bench-only probe
+    pg.AsyncCursor.execute = counted  # type: ignore[method-assign]  # bench-only probe
+
+    gc_started: list[float] = [0.0]
+    gc_ms: list[float] = [0.0]
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_ms[0] += (time.perf_counter() - gc_started[0]) * 1000
+
+    gc.callbacks.append(gc_timer)
 
     async def stats(request: Request) -> JSONResponse:
         streams = request.app.state.deps.hub.subscriber_count
-        return JSONResponse({**counts, "streams": streams})
+        return JSONResponse({**counts, "streams": streams, "gc_ms": round(gc_ms[0])})
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, "json")
@@ -107,6 +119,7 @@ def _child_main(port: int) -> None:
         raise SystemExit("the bench server needs DATABASE_URL")
     app = create_app(settings, settings.database_url)
     app.router.routes.append(Route("/_bench/stats", stats))
+    tune_gc()  # as `omnitutor serve` does
     uvicorn.run(app, host=HOST, port=port, access_log=False, log_level="warning", backlog=16384)
 
 
@@ -138,7 +151,7 @@ def _classify(query: object) -> str:
     text = query if isinstance(query, str) else ""
     if "INSERT INTO events" in text:
         return "append"
-    if "FROM events" in text and "lesson_seq > " in text:
+    if "FROM events" in text and ("lesson_seq > " in text or "lesson_id = ANY" in text):
         return "lesson_read"
     if "FROM events" in text and "position > " in text:
         return "log_tail"
@@ -668,22 +681,29 @@ async def phase_storm(srv: Server, bare: Server, n: int, per_lesson: int) -> dic
         await burst(srv.port, requests[:STORM_WARM_UP])
         await until_streams_closed(client)
         say(f"storm: {n} clients at once on the bare endpoint")
+        cpu0 = bare.cpu_s()
         anchor = await burst(bare.port, bare_requests)
+        bare_cpu_s = bare.cpu_s() - cpu0  # includes the closes
         await asyncio.sleep(1.0)  # let the bare server finish closing them
         say(f"storm: {n} clients at once on the service")
         c0 = await stats(client)
+        cpu0 = srv.cpu_s()
         service = await burst(srv.port, requests)
+        service_cpu_s = srv.cpu_s() - cpu0
         c1 = await stats(client)
         await until_streams_closed(client)
-    statements = sum(v for k, v in (c1 - c0).items() if k != "streams")
+    statements = sum(v for k, v in (c1 - c0).items() if k not in {"streams", "gc_ms"})
     return {
         **service,
         "statements_per_open": statements / max(1, n),
+        "cpu_ms_per_open": service_cpu_s * 1000 / max(1, n),
+        "gc_ms_per_open": (c1["gc_ms"] - c0["gc_ms"]) / max(1, n),
         "bare_first_frames": anchor["first_frames"],
         "bare_first_frame_p50_ms": anchor["first_frame_p50_ms"],
         "bare_first_frame_p99_ms": anchor["first_frame_p99_ms"],
         "bare_first_frame_max_ms": anchor["first_frame_max_ms"],
         "bare_opens_per_s": anchor["opens_per_s"],
+        "bare_cpu_ms_per_open": bare_cpu_s * 1000 / max(1, n),
         "p99_ratio": service["first_frame_p99_ms"] / anchor["first_frame_p99_ms"],
     }
 
