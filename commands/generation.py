@@ -459,6 +459,7 @@ class Supervisor:
         self.workers: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._closing = False
+        self._requests: set[asyncio.Task[None]] = set()  # request_soon's, in flight
 
     @property
     def owner(self) -> str:
@@ -472,6 +473,20 @@ class Supervisor:
         there is any to claim (a stream reopened on a lesson being generated adds none)."""
         if await self.leases.request(lesson_id):
             self.wake()
+
+    def request_soon(self, lesson_id: str) -> None:
+        """`request`, without waiting for it: for a caller whose answer does not depend on
+        it (a stream reopened on a locked lesson; a failure is logged, and the supervisor's
+        poll picks up lapsed leases anyway)."""
+        task = asyncio.create_task(self._request_logged(lesson_id), name="lease-request")
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _request_logged(self, lesson_id: str) -> None:
+        try:
+            await self.request(lesson_id)
+        except StoreError as e:
+            log.warning("generation request failed", lesson_id=lesson_id, error=str(e))
 
     async def stop_lesson(self, lesson_id: str) -> None:
         """Stop this process's worker for the lesson (abandoned); waits until it stopped."""
@@ -555,7 +570,7 @@ class Supervisor:
     async def aclose(self) -> None:
         """Stop every worker and hand their lessons back (another process takes them)."""
         self._closing = True
-        tasks = list(self.workers.values())
+        tasks = [*self.workers.values(), *self._requests]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

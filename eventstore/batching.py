@@ -48,9 +48,12 @@ class Batcher(Generic[K, V]):
         self._in_flight = 0
         self._flush_soon = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.batches = 0  # batches sent so far (a probe for tests and benchmarks)
 
     async def get(self, key: K) -> V:
+        if self._closed:
+            raise RuntimeError(f"{self._name}: closed")
         future = self._waiting.get(key)
         if future is None:
             future = asyncio.get_running_loop().create_future()
@@ -69,7 +72,7 @@ class Batcher(Generic[K, V]):
 
     def _flush(self) -> None:
         self._flush_soon = False
-        while self._waiting and self._in_flight < self._concurrency:
+        while self._waiting and self._in_flight < self._concurrency and not self._closed:
             batch: dict[K, asyncio.Future[V]] = {}
             for key in self._waiting:
                 batch[key] = self._waiting[key]
@@ -107,11 +110,18 @@ class Batcher(Generic[K, V]):
             if self._waiting:
                 self._schedule()
 
-    async def aclose(self) -> None:
-        """Cancel the batches in flight (their callers get CancelledError)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def aclose(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109  # a bound, not a cancel scope
+        """Send nothing more; let the batches in flight finish (each is one statement), and
+        cancel what is left of them after `timeout`. A batch is not cancelled first: psycopg
+        answers a cancellation inside its wait with a server-side cancel and waits again."""
+        self._closed = True
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in late:
+                task.cancel()
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

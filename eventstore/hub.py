@@ -51,7 +51,7 @@ log = structlog.get_logger(__name__)
 
 BUFFER_SIZE = 1024  # events a subscription holds before it falls back to reading the log
 PAGE_SIZE = 500  # events per log read (catch-up and tail)
-LESSONS_PER_READ = 128  # lessons whose whole logs one shared catch-up read returns
+LESSONS_PER_READ = 64  # lessons whose whole logs one shared catch-up read returns
 # Subscriptions reading the log for themselves at once (behind, or resyncing): however many
 # fall behind together, they leave the rest of the pool to everyone else.
 SELF_READS = 4

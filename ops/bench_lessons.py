@@ -757,6 +757,8 @@ async def run(args: argparse.Namespace, db_url: str) -> dict[str, dict[str, floa
 
 
 def cmd_bench_lessons(args: argparse.Namespace, settings: Settings) -> int:
+    from web.app import tune_gc
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # The client holds every stream's socket; the servers (children inherit it) as many.
     want = min(hard, max(soft, 2 * max(args.idle, args.storm) + 1024))
@@ -764,6 +766,7 @@ def cmd_bench_lessons(args: argparse.Namespace, settings: Settings) -> int:
     if want < max(args.idle, args.storm) + 256:
         say(f"warning: the open-file limit is {want}; raise `ulimit -Hn` for this many streams")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per set-up request otherwise
+    tune_gc()  # the client holds thousands of sockets too: its collector must not stall it
     started = time.perf_counter()
     with (
         database_url(settings.database_url, settings.home) as admin,

@@ -318,14 +318,16 @@ async def open_stream(cmd: OpenStream, deps: Deps) -> StreamOpened | StreamFinis
         if state.finished and cursor >= state.ended_seq:
             await subscription.close()
             return StreamFinished()
-        if not state.finished:
-            if not state.locked:
-                # A lesson already locked keeps streaming whatever the day's spend.
-                await enforce_spend_cap(deps, cmd.caller, lesson_id=lesson_id)
+        if not state.finished and not state.locked:
+            await enforce_spend_cap(deps, cmd.caller, lesson_id=lesson_id)
             # The lease row first: if this process dies before the lock, whoever claims the
             # lesson locks it; the lock's expected_seq keeps the two from both locking.
             await deps.supervisor.request(lesson_id)
             _, state = await lesson_log.commit(deps.store, state, decide_lock, cmd.caller.meta())
+        elif not state.finished:
+            # A lesson already locked keeps streaming whatever the day's spend; asking for
+            # its generation again (re-arming a failed one) changes nothing the stream sends.
+            deps.supervisor.request_soon(lesson_id)
         # The first connection starts at plan_ready (plan.locked), never before it.
         subscription.prime(events, after=max(cursor, state.locked_seq - 1))
         return StreamOpened(subscription, StreamView.of(state))
