@@ -193,6 +193,11 @@ class Authenticator:
             found[token_hash] = tuple(rest)
         return found
 
+    @property
+    def statements(self) -> int:
+        """Look-up statements sent so far (one per batch)."""
+        return self._lookups.batches
+
     async def aclose(self) -> None:
         await self._lookups.aclose()
 

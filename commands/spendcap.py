@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from commands.errors import OverQuota
 from eventstore import flags
-from eventstore.database import Pool
+from eventstore.database import Pool, autocommit
 from eventstore.errors import translate_errors
 from eventstore.events import OverQuotaHit
 from eventstore.store import EventMeta, EventStore, NewEvent, model_spend_since
@@ -67,7 +67,7 @@ def full_for_the_day(now: datetime) -> OverQuota:
 async def spend_status(pool: Pool, cap_usd: Decimal, forced: bool = False) -> SpendStatus:
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     with translate_errors():
-        async with pool.connection() as conn:
+        async with autocommit(pool) as conn:  # two reads: no transaction around them
             spent = await model_spend_since(conn, midnight)
             flag, reason = await flags.get_flag(conn, flags.OVER_QUOTA)
     return SpendStatus(spent, cap_usd, flag, reason, forced)
