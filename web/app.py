@@ -86,8 +86,10 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 app.state.deps = deps
                 app_metrics.watch_generations(lambda: len(deps.supervisor.workers))
                 # The hub knows where the log ends before the first stream opens (a process
-                # started into a reconnect storm has thousands opening at once).
-                await hub.tail()
+                # started into a reconnect storm has thousands opening at once); if the
+                # database hiccups here, the hub's own loop finds it out as before.
+                with contextlib.suppress(StoreError):
+                    await hub.tail()
                 tasks = [
                     asyncio.create_task(sequencer.run(), name="sequencer"),
                     asyncio.create_task(hub.run(), name="hub"),
