@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 import orjson
 from psycopg import AsyncConnection
 
-from commands import lesson_log
+from commands import assets, lesson_log
+from commands.assets import ErasedAssets, ForgottenAssets
 from commands.errors import Internal, InvalidInput, Unauthorized
 from commands.lesson_model import LessonState, fold
 from commands.sessions import Principal, hash_token
@@ -235,14 +236,27 @@ async def users_to_purge(pool: Pool, older_than_days: int) -> list[str]:
             return [r[0] for r in await cur.fetchall()]
 
 
+@dataclass(frozen=True)
+class Forgotten:
+    vault_rows: int
+    cache_rows: int
+    assets: ForgottenAssets
+
+
 async def forget_user(
-    pool: Pool, user_id: str, lesson_ids: Sequence[str], cache_keys: Sequence[str]
-) -> tuple[int, int]:
-    """One transaction: the vault rows and every other row that could hold the user's data.
-    Returns (vault rows, cache rows) deleted."""
+    pool: Pool,
+    user_id: str,
+    lesson_ids: Sequence[str],
+    cache_keys: Sequence[str],
+    erased_assets: ErasedAssets | None = None,
+) -> Forgotten:
+    """One transaction: the vault rows and every other row that could hold the user's data,
+    asset rows included (their objects are queued; the caller deletes them after the
+    commit, so no reader ever finds a row naming a missing object)."""
     with translate_errors():
         async with pool.connection() as conn, conn.transaction():
             forgotten = await personal.forget(conn, user_id, lesson_ids)
+            gone = await assets.forget(conn, erased_assets or ErasedAssets(), list(lesson_ids))
             cur = await conn.execute(
                 _Q["purge_rows"],
                 {
@@ -252,4 +266,4 @@ async def forget_user(
                 },
             )
             row = await cur.fetchone()
-    return forgotten, int(row[1]) if row else 0
+    return Forgotten(forgotten, int(row[0]) if row else 0, gone)

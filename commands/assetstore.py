@@ -69,6 +69,11 @@ class AssetStore(Protocol):
         """The stored bytes (tests and the benchmark read back through this)."""
         ...
 
+    async def delete(self, key: str) -> None:
+        """Remove the object under `key`; one already gone is not an error (the purge may
+        run again after a crash)."""
+        ...
+
 
 @dataclass(frozen=True)
 class LocalAssetStore:
@@ -109,6 +114,16 @@ class LocalAssetStore:
 
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self.path(key).read_bytes)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._unlink, self.path(key))
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            raise AssetStoreError(f"cannot delete {path}: {e}") from e
 
 
 class S3AssetStore:
@@ -173,6 +188,20 @@ class S3AssetStore:
             return body.read()
 
         return await asyncio.to_thread(read)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, key)
+
+    def _delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        object_key(*_split(key))  # never a prefix, a folder or anything but one object
+        try:
+            # S3 answers 204 for a key that is not there: a second purge run is a no-op.
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        except (BotoCoreError, ClientError) as e:
+            where = f"s3://{self.bucket}/{self.prefix}{key}"
+            raise AssetStoreError(f"cannot delete {where}: {e}") from e
 
 
 def _split(key: str) -> tuple[str, str, str]:

@@ -45,6 +45,9 @@ async def test_local_store_writes_once_and_reads_back(tmp_path: Path) -> None:
     assert await store.exists(key)
     assert await store.get(key) == CLIP
     assert [p.name for p in (tmp_path / "audio").iterdir()] == [key.split("/")[1]]
+    await store.delete(key)
+    assert not await store.exists(key)
+    await store.delete(key)  # already gone: not an error (the purge may run again)
 
 
 def test_keys_are_content_addressed_only(tmp_path: Path) -> None:
@@ -116,3 +119,8 @@ async def test_s3_store_against_moto(aws: str) -> None:
     assert os.environ["AWS_ENDPOINT_URL"] == aws
     plain = S3AssetStore("omnitutor-assets")
     assert plain.url(key) == f"{aws}/omnitutor-assets/{key}"
+    await store.delete(key)
+    assert not await store.exists(key)
+    await store.delete(key)  # already gone: not an error
+    with pytest.raises(ValueError, match="content-addressed"):
+        await store.delete("audio/")  # never a prefix: one object at a time

@@ -29,7 +29,7 @@ import orjson
 import structlog
 
 from commands import providers
-from commands.assets import content_hash
+from commands.assets import content_hash, key_in_url
 from commands.assetstore import AssetStoreError
 from commands.errors import CommandError, Conflict, InvalidInput
 from commands.guardrails import admit, enforce_spend_cap, screen_input, screen_output
@@ -311,7 +311,14 @@ async def make_output(
             content = await _narrated_slides(deps, caller, lesson_id, content)
         asset = await deps.assets.put(key, output, orjson.dumps(content), "application/json")
         answer = MakeMeAnswer(asset.id, asset.url, output, content)
-    response = {"asset_id": answer.asset_id, "url": answer.url, "output": output}
+    response: dict[str, object] = {"asset_id": answer.asset_id, "url": answer.url, "output": output}
+    if output == "video":
+        # The slides' clips (object keys), so the purge can tell this lesson still uses a
+        # clip an erased student's lesson shared (docs/privacy.md): otherwise they are
+        # named only inside the video's own object.
+        response["clips"] = [
+            key_in_url(s["audio_url"]) for s in content["slides"] if s["audio_url"]
+        ]
     await _record(
         deps,
         caller,

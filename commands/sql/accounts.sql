@@ -91,11 +91,10 @@ WHERE deleted_at IS NOT NULL AND purged_at IS NULL
 ORDER BY deleted_at, id;
 
 -- name: purge_rows
--- Everything beside the log that could hold the user's personal data. The users and
--- sessions rows stay as tombstones (other rows and the log name their ids), emptied.
-WITH a AS (
-  DELETE FROM assets WHERE lesson_id = ANY(%(lesson_ids)s::text[]) RETURNING 1
-), c AS (
+-- Everything beside the log that could hold the user's personal data (asset rows:
+-- assets.sql delete_assets, same transaction). The users and sessions rows stay as
+-- tombstones (other rows and the log name their ids), emptied.
+WITH c AS (
   DELETE FROM cache WHERE key = ANY(%(cache_keys)s::text[]) RETURNING 1
 ), q AS (
   -- The pre-warm's count of those plan keys keeps the request text behind each key.
@@ -119,4 +118,4 @@ WITH a AS (
 UPDATE users
 SET email = NULL, settings_json = '{}', purged_at = now(), updated_at = now()
 WHERE id = %(user_id)s
-RETURNING (SELECT count(*) FROM a), (SELECT count(*) FROM c);
+RETURNING (SELECT count(*) FROM c);
