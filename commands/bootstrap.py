@@ -20,6 +20,8 @@ from commands.mailer import Mailer, open_mailer
 from commands.narration import Narrator, open_narrator
 from commands.providers import Provider, ProviderConfig, Tier, make_provider
 from commands.ratelimit import RateLimits
+from commands.sessions import Authenticator
+from commands.spendcap import SpendChecks
 from eventstore.database import Pool
 from eventstore.hub import Hub
 from eventstore.settings import Settings
@@ -38,6 +40,8 @@ class Deps:
     assets: Assets  # the asset store behind the assets table (docs/assets.md)
     narrator: Narrator  # text to speech, cached forever; disabled without a key
     mailer: Mailer  # sign-in mail: SES, or the local outbox (commands/mailer.py)
+    sessions: Authenticator  # who a session cookie is, requests arriving together batched
+    spend: SpendChecks  # the daily cap's check, checks made together sharing one read
 
 
 def provider_config(settings: Settings) -> ProviderConfig:
@@ -117,11 +121,17 @@ async def open_deps(
         assets=assets,
         narrator=narrator,
         mailer=open_mailer(settings),
+        sessions=Authenticator(
+            pool, days=settings.session_days, idle_min=settings.session_idle_min
+        ),
+        spend=SpendChecks(pool, settings.daily_cap_usd),
     )
     built.append(deps)
     try:
         yield deps
     finally:
+        await deps.sessions.aclose()
+        await deps.spend.aclose()
         await supervisor.aclose()
         await narrator.aclose()
         await provider.aclose()

@@ -66,6 +66,7 @@ from commands.plan import (
 )
 from commands.providers import Provider, Tier
 from commands.providers.prices import contract_model_name
+from eventstore.batching import Batcher
 from eventstore.database import Pool, autocommit
 from eventstore.errors import StoreError, translate_errors
 from eventstore.events import ABANDONED, COMPLETE, DRAFT, CacheHit, DomainEvent
@@ -122,6 +123,10 @@ class Leases:
         self.pool = pool
         self.owner = owner
         self.ttl_s = ttl_s
+        # Every stream opened asks; the requests arriving together share one statement.
+        self._requests: Batcher[str, bool] = Batcher(
+            self._request_all, concurrency=1, name="lease-request"
+        )
 
     async def _rows(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         with translate_errors():
@@ -129,9 +134,18 @@ class Leases:
                 cur = await conn.execute(query, params)
                 return await cur.fetchall() if cur.description else []
 
-    async def request(self, lesson_id: str) -> None:
-        """Ask for the lesson to be generated (idempotent; re-arms a failed one)."""
-        await self._rows(_Q["lease_request"], {"lesson_id": lesson_id})
+    async def request(self, lesson_id: str) -> bool:
+        """Ask for the lesson to be generated (idempotent; re-arms a failed one); whether a
+        supervisor could claim it now."""
+        return await self._requests.get(lesson_id)
+
+    async def _request_all(self, lesson_ids: Sequence[str]) -> dict[str, bool]:
+        rows = await self._rows(_Q["lease_request"], {"lesson_ids": sorted(lesson_ids)})
+        claimable = {r[0] for r in rows}
+        return {lesson_id: lesson_id in claimable for lesson_id in lesson_ids}
+
+    async def aclose(self) -> None:
+        await self._requests.aclose()
 
     async def claim(self, limit: int, lesson_id: str | None = None) -> list[str]:
         rows = await self._rows(
@@ -445,6 +459,7 @@ class Supervisor:
         self.workers: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._closing = False
+        self._requests: set[asyncio.Task[None]] = set()  # request_soon's, in flight
 
     @property
     def owner(self) -> str:
@@ -454,9 +469,24 @@ class Supervisor:
         self._wake.set()
 
     async def request(self, lesson_id: str) -> None:
-        """Generation is wanted for this lesson: record it and look for work at once."""
-        await self.leases.request(lesson_id)
-        self.wake()
+        """Generation is wanted for this lesson: record it, and look for work at once if
+        there is any to claim (a stream reopened on a lesson being generated adds none)."""
+        if await self.leases.request(lesson_id):
+            self.wake()
+
+    def request_soon(self, lesson_id: str) -> None:
+        """`request`, without waiting for it: for a caller whose answer does not depend on
+        it (a stream reopened on a locked lesson; a failure is logged, and the supervisor's
+        poll picks up lapsed leases anyway)."""
+        task = asyncio.create_task(self._request_logged(lesson_id), name="lease-request")
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _request_logged(self, lesson_id: str) -> None:
+        try:
+            await self.request(lesson_id)
+        except StoreError as e:
+            log.warning("generation request failed", lesson_id=lesson_id, error=str(e))
 
     async def stop_lesson(self, lesson_id: str) -> None:
         """Stop this process's worker for the lesson (abandoned); waits until it stopped."""
@@ -540,7 +570,8 @@ class Supervisor:
     async def aclose(self) -> None:
         """Stop every worker and hand their lessons back (another process takes them)."""
         self._closing = True
-        tasks = list(self.workers.values())
+        tasks = [*self.workers.values(), *self._requests]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.leases.aclose()

@@ -56,6 +56,7 @@ async def enforce_spend_cap(deps: Deps, caller: Caller, *, lesson_id: str | None
         forced=deps.settings.over_quota_forced,
         meta=caller.meta(),
         lesson_id=lesson_id,
+        checks=deps.spend,
     )
 
 

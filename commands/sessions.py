@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from commands.errors import InvalidInput, Unauthorized
+from eventstore.batching import Batcher
 from eventstore.database import autocommit
 from eventstore.errors import translate_errors
 from eventstore.ids import new_id
@@ -147,6 +149,57 @@ async def authenticate(
                 if moved is not None:
                     return Principal(user_id, moved[0], signed_in)
     raise Unauthorized("Your session has expired. Refresh it and try again.")
+
+
+class Authenticator:
+    """`authenticate` for a process's requests, which share statements: every request that
+    arrives while the previous lookup is in flight is answered by the next one (one
+    statement for a reconnect storm's worth of cookies, eventstore/batching.py). A visit
+    that ended takes the one-by-one path, which starts the new one."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        *,
+        days: int = 30,
+        idle_min: int = 30,
+        concurrency: int = 2,
+    ) -> None:
+        self.pool = pool
+        self.days = days
+        self.idle_min = idle_min
+        self._lookups: Batcher[str, tuple[Any, ...] | None] = Batcher(
+            self._look_up, concurrency=concurrency, name="authenticate"
+        )
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise Unauthorized("No session. POST /v1/session first.")
+        row = await self._lookups.get(hash_token(token))
+        if row is None:
+            raise Unauthorized("Your session has expired. Refresh it and try again.")
+        user_id, session_id, signed_in, ended = row
+        if ended:
+            return await authenticate(self.pool, token, days=self.days, idle_min=self.idle_min)
+        return Principal(user_id, session_id, signed_in)
+
+    async def _look_up(self, token_hashes: Sequence[str]) -> dict[str, tuple[Any, ...] | None]:
+        params = {"token_hashes": list(token_hashes), "days": self.days, "idle_min": self.idle_min}
+        with translate_errors():
+            async with autocommit(self.pool) as conn:
+                rows = await (await conn.execute(_Q["authenticate_many"], params)).fetchall()
+        found: dict[str, tuple[Any, ...] | None] = dict.fromkeys(token_hashes)
+        for token_hash, *rest in rows:
+            found[token_hash] = tuple(rest)
+        return found
+
+    @property
+    def statements(self) -> int:
+        """Look-up statements sent so far (one per batch)."""
+        return self._lookups.batches
+
+    async def aclose(self) -> None:
+        await self._lookups.aclose()
 
 
 async def end_visit(pool: AsyncConnectionPool[AsyncConnection[Any]], session_id: str) -> None:

@@ -14,12 +14,14 @@ Lessons already streaming are not checked again and finish.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from commands.errors import OverQuota
 from eventstore import flags
+from eventstore.batching import Batcher
 from eventstore.database import Pool, autocommit
 from eventstore.errors import translate_errors
 from eventstore.events import OverQuotaHit
@@ -67,11 +69,39 @@ def full_for_the_day(now: datetime) -> OverQuota:
 async def spend_status(pool: Pool, cap_usd: Decimal, forced: bool = False) -> SpendStatus:
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     with translate_errors():
-        # Two reads that need no transaction: in autocommit, no BEGIN and COMMIT around them.
-        async with autocommit(pool) as conn:
+        async with autocommit(pool) as conn:  # two reads: no transaction around them
             spent = await model_spend_since(conn, midnight)
             flag, reason = await flags.get_flag(conn, flags.OVER_QUOTA)
     return SpendStatus(spent, cap_usd, flag, reason, forced)
+
+
+class SpendChecks:
+    """`spend_status` for a process's requests: the checks asked for while one is being read
+    share the next read (eventstore/batching.py). Each still sees every spend and flag
+    change committed before it asked: no read that began earlier is shared with it."""
+
+    def __init__(self, pool: Pool, cap_usd: Decimal) -> None:
+        self.pool = pool
+        self.cap_usd = cap_usd
+        self._reads: Batcher[str, SpendStatus] = Batcher(
+            self._read, concurrency=1, name="spend-check"
+        )
+
+    async def status(self) -> SpendStatus:
+        return await self._reads.get(TODAY)
+
+    @property
+    def reads(self) -> int:
+        return self._reads.batches
+
+    async def _read(self, keys: Sequence[str]) -> dict[str, SpendStatus]:
+        return dict.fromkeys(keys, await spend_status(self.pool, self.cap_usd))
+
+    async def aclose(self) -> None:
+        await self._reads.aclose()
+
+
+TODAY = "today"  # the one thing a spend check asks about
 
 
 async def enforce(
@@ -83,10 +113,12 @@ async def enforce(
     meta: EventMeta,
     lesson_id: str | None = None,
     now: datetime | None = None,
+    checks: SpendChecks | None = None,
 ) -> None:
-    """Raise OverQuota (and append `over_quota.hit`) if the day's budget is used up."""
+    """Raise OverQuota (and append `over_quota.hit`) if the day's budget is used up; `checks`
+    (the process's, for the same cap) shares the read with the checks made together."""
     if not forced:
-        status = await spend_status(pool, cap_usd)
+        status = await (checks.status() if checks else spend_status(pool, cap_usd))
         if not status.full:
             return
     error = full_for_the_day(now or datetime.now(UTC))

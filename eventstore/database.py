@@ -111,8 +111,11 @@ class ResilientPool(AsyncConnectionPool[AsyncConnection[Any]]):
         readable socket pays for the full check, which then fails and replaces it."""
         if conn.closed:
             raise psycopg.OperationalError("the connection is closed")
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-        if readable:
+        # poll, not select: a process holding thousands of streams gives its pool connections
+        # descriptors past select's limit of 1024 (a ValueError on every checkout).
+        waiting = select.poll()
+        waiting.register(conn.pgconn.socket, select.POLLIN)
+        if waiting.poll(0):
             await AsyncConnectionPool.check_connection(conn)
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:  # noqa: ASYNC109  # psycopg_pool's signature

@@ -16,6 +16,10 @@ How events reach subscribers, cheapest first:
 * **A slow poll** (`poll_s`) covers a notification lost while the LISTEN connection was
   down; after a reconnect the hub also tails at once.
 
+A lesson stream's catch-up (`Subscription.read_lesson`) is one read shared by every
+subscription of that lesson that opens at the same moment, batched with other lessons'
+(eventstore/batching.py): a reconnect storm costs a statement per batch, not per reader.
+
 Each subscription has a bounded buffer. The hub never waits for a subscriber: when a buffer
 is full it is emptied and the subscription switches to reading the log itself from its own
 cursor until it has caught up again (self-healing). A hole in what a subscription received
@@ -39,6 +43,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from eventstore.batching import Batcher
 from eventstore.errors import StoreError
 from eventstore.store import LOG_CHANNEL, EventStore, StoredEvent
 
@@ -46,6 +51,10 @@ log = structlog.get_logger(__name__)
 
 BUFFER_SIZE = 1024  # events a subscription holds before it falls back to reading the log
 PAGE_SIZE = 500  # events per log read (catch-up and tail)
+LESSONS_PER_READ = 64  # lessons whose whole logs one shared catch-up read returns
+# Subscriptions reading the log for themselves at once (behind, or resyncing): however many
+# fall behind together, they leave the rest of the pool to everyone else.
+SELF_READS = 4
 
 
 class Subscription:
@@ -70,6 +79,8 @@ class Subscription:
         self._primed: list[StoredEvent] = []  # a catch-up read by the caller (prime)
         self._resyncs_at_open = 0
         self._high = after  # highest key buffered or handed over
+        # A read of the log for this subscription may have begun (see Hub._tail).
+        self._reading = False
 
     # -- called by the hub (synchronous: it never waits for a subscriber) --
 
@@ -108,6 +119,19 @@ class Subscription:
     def open(self) -> None:
         """Start receiving live events now (before a read that `prime` will hand over)."""
         self._open()
+        self._reading = True  # the caller reads the log from now on
+
+    async def read_lesson(self) -> list[StoredEvent]:
+        """Start receiving live events, then read the lesson's whole log for `prime`.
+
+        The read is shared with every subscription of the lesson that asks at the same
+        moment, and begins after this one registered: whatever it misses arrives live.
+        The list is shared too: never change it.
+        """
+        if self.lesson_id is None:
+            raise ValueError("read_lesson is for a lesson's subscription")
+        self._open()
+        return await self._hub._lesson_reads.get(self.lesson_id)
 
     def prime(self, events: Sequence[StoredEvent], after: int) -> None:
         """Use `events`, read from the log after `open()`, as the catch-up from `after`.
@@ -198,10 +222,12 @@ class Subscription:
         return out, False
 
     async def _read_log(self) -> list[StoredEvent]:
+        self._reading = True
         store = self._hub.store
-        if self.lesson_id is None:
-            return await store.read_all_page(self.cursor, PAGE_SIZE)
-        return await store.read_lesson_page(self.lesson_id, self.cursor, PAGE_SIZE)
+        async with self._hub._self_reads:
+            if self.lesson_id is None:
+                return await store.read_all_page(self.cursor, PAGE_SIZE)
+            return await store.read_lesson_page(self.lesson_id, self.cursor, PAGE_SIZE)
 
     async def close(self) -> None:
         self._closed = True
@@ -250,6 +276,10 @@ class Hub:
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
         self._stopping = False
         self.listen_pid: int | None = None  # backend pid of the LISTEN connection
+        self._self_reads = asyncio.Semaphore(SELF_READS)
+        self._lesson_reads: Batcher[str, list[StoredEvent]] = Batcher(
+            self._read_lessons, max_batch=LESSONS_PER_READ, name="catch-up"
+        )
         store.on_append(self._on_append)
 
     def lesson(self, lesson_id: str, after_seq: int = 0) -> Subscription:
@@ -284,6 +314,12 @@ class Hub:
             if not subs:
                 del self._lessons[sub.lesson_id]
 
+    async def _read_lessons(self, lesson_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
+        for lesson_id in lesson_ids:
+            for sub in self._lessons.get(lesson_id, ()):
+                sub._reading = True
+        return await self.store.read_lessons(lesson_ids)
+
     def _all_subscriptions(self) -> list[Subscription]:
         return [*self._log_subs, *(s for subs in self._lessons.values() for s in subs)]
 
@@ -313,14 +349,24 @@ class Hub:
 
     async def _tail(self) -> int:
         if self._cursor is None or not (self._lessons or self._log_subs):
-            # Nobody to tell (or no cursor yet): skip to where the log ends. Subscriptions
-            # that registered while the head was read might have finished their catch-up
-            # before it, so they re-read the log once from their own cursors.
+            # Nobody to tell (or no cursor yet): skip to where the log ends.
             head = await self.store.head_position()
-            self._cursor = head if self._cursor is None else max(self._cursor, head)
-            for sub in self._all_subscriptions():
-                sub._resync()
-            return 0
+            if self._cursor is None:
+                # Subscriptions that registered while the head was read, and whose catch-up
+                # read began before it, might miss what the skip passed over: they re-read
+                # the log once from their own cursors (those yet to read will see it all).
+                self._cursor = head
+                for sub in self._all_subscriptions():
+                    if sub._reading:
+                        sub._resync()
+                return 0
+            if not (self._lessons or self._log_subs):
+                self._cursor = max(self._cursor, head)
+                return 0
+            # Subscriptions registered while the head was read: the events up to it are
+            # tailed as usual (a second's worth at most) rather than skipped. Sending them
+            # all back to the log instead made a reconnect storm read every lesson twice,
+            # thousands of reads queueing for the pool at once.
         total = 0
         while True:
             page = await self.store.read_all_page(self._cursor, PAGE_SIZE)
@@ -353,6 +399,7 @@ class Hub:
                     log.warning("hub tail failed", error=str(e))
                     await asyncio.sleep(_backoff(failures))
         finally:
+            await self._lesson_reads.aclose()
             # Never cancel a task parked in psycopg's wait: psycopg answers a cancellation
             # there with a server-side cancel and waits again, and on Python 3.11 the task can
             # stay cancelling forever. The listener checks this flag between short waits.

@@ -18,6 +18,12 @@ sockets that can hold thousands of SSE connections:
    a second process generates the lessons (offline, `--pace-ms` per token): every event's
    delay from its append (the row's `ts`) to its arrival at the client, p50/p99/max; and
    the statements the streaming process ran per wake-up against the number of readers.
+6. **Reconnect storm**: `--storm` clients, one student (session) each, connect at the same
+   moment to existing lessons' streams (every other one resuming with Last-Event-ID), as
+   after a deploy: the first data frame's latency from the burst's start, p50/p99/max, and
+   opens per second. The same burst against a bare Starlette SSE endpoint in a uvicorn
+   process of its own (one data frame at once, then held open), in the same run, is the
+   anchor: the ratio p99/p99 is what the service adds to the framework. It runs last.
 
 Progress goes to stderr; the figures to stdout, ending with a one-line summary.
 """
@@ -27,6 +33,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
+import logging
 import os
 import resource
 import subprocess
@@ -60,6 +68,10 @@ def register(areas: Any) -> None:
     p.add_argument("--pace-ms", type=int, default=40, help="offline pace while active")
     p.add_argument("--asks", type=int, default=300, help="asks timed for service overhead")
     p.add_argument("--adjusts", type=int, default=20, help="lessons adjusted mid-stream")
+    p.add_argument(
+        "--storm", type=int, default=3000, help="clients connecting at once (0: skip the storm)"
+    )
+    p.add_argument("--storm-per-lesson", type=int, default=1, help="storm clients per lesson")
     p.set_defaults(handler=cmd_bench_lessons)
 
 
@@ -75,19 +87,31 @@ def _child_main(port: int) -> None:
     from starlette.routing import Route
 
     from eventstore.logconfig import configure_logging
-    from web.app import create_app
+    from web.app import create_app, tune_gc
 
     counts: Counter[str] = Counter()
-    original = pg.AsyncConnection.execute
+    original = pg.AsyncCursor.execute  # every statement goes through it, conn.execute's too
 
     async def counted(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
         counts[_classify(query)] += 1
         return await original(self, query, params, **kw)
 
-    pg.AsyncConnection.execute = counted  # type: ignore[method-assign]  # bench-only probe
+    pg.AsyncCursor.execute = counted  # type: ignore[method-assign]  # bench-only probe
+
+    gc_started: list[float] = [0.0]
+    gc_ms: list[float] = [0.0]
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_ms[0] += (time.perf_counter() - gc_started[0]) * 1000
+
+    gc.callbacks.append(gc_timer)
 
     async def stats(request: Request) -> JSONResponse:
-        return JSONResponse(dict(counts))
+        streams = request.app.state.deps.hub.subscriber_count
+        return JSONResponse({**counts, "streams": streams, "gc_ms": round(gc_ms[0])})
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, "json")
@@ -95,6 +119,31 @@ def _child_main(port: int) -> None:
         raise SystemExit("the bench server needs DATABASE_URL")
     app = create_app(settings, settings.database_url)
     app.router.routes.append(Route("/_bench/stats", stats))
+    tune_gc()  # as `omnitutor serve` does
+    uvicorn.run(app, host=HOST, port=port, access_log=False, log_level="warning", backlog=16384)
+
+
+def _bare_main(port: int) -> None:
+    """The storm's anchor: a bare Starlette SSE endpoint, one data frame at once, then held
+    open until the client goes; served by uvicorn as the service is."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        yield b'event: hello\ndata: {"ok": true}\n\n'
+        await asyncio.Event().wait()  # held open; Starlette ends it when the client goes
+
+    async def sse(request: Request) -> StreamingResponse:
+        return StreamingResponse(frames(), media_type="text/event-stream")
+
+    async def healthz(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/sse", sse), Route("/v1/healthz", healthz)])
     uvicorn.run(app, host=HOST, port=port, access_log=False, log_level="warning", backlog=16384)
 
 
@@ -102,7 +151,7 @@ def _classify(query: object) -> str:
     text = query if isinstance(query, str) else ""
     if "INSERT INTO events" in text:
         return "append"
-    if "FROM events" in text and "lesson_seq > " in text:
+    if "FROM events" in text and ("lesson_seq > " in text or "lesson_id = ANY" in text):
         return "lesson_read"
     if "FROM events" in text and "position > " in text:
         return "log_tail"
@@ -135,7 +184,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(db_url: str, **env: str) -> Iterator[Server]:
+def server(db_url: str, role: str = "child", **env: str) -> Iterator[Server]:
+    """A server process (`role` "child": the service; "bare": the storm's anchor)."""
     import httpx
 
     port = _free_port()
@@ -146,13 +196,16 @@ def server(db_url: str, **env: str) -> Iterator[Server]:
         "OMNITUTOR_PROVIDER": "offline",
         "OMNITUTOR_LOG_LEVEL": "warning",
         "OMNITUTOR_POOL_MAX": "8",
-        # The benchmark makes many plans from one address: lift the per-IP plan limit.
+        # The benchmark makes many plans and streams from one address and holds many
+        # streams per session: lift the per-IP plan limit and the stream caps.
         "OMNITUTOR_LIMIT_PLAN_ANON_PER_HOUR": "1000000",
+        "OMNITUTOR_SSE_MAX_PER_SESSION": "0",
+        "OMNITUTOR_SSE_MAX_PER_CLIENT": "0",
         **env,
     }
     child_env.pop("ANTHROPIC_API_KEY", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.bench_lessons", "child", str(port)], cwd=ROOT, env=child_env
+        [sys.executable, "-m", "ops.bench_lessons", role, str(port)], cwd=ROOT, env=child_env
     )
     srv = Server(f"http://{HOST}:{port}", port, proc)
     try:
@@ -186,6 +239,7 @@ class Stream:
     lesson_id: str
     received: list[tuple[int, str, float]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    first_event: asyncio.Event = field(default_factory=asyncio.Event)
     status: int = 0
     connected_at: float = 0.0  # when the response head arrived (epoch seconds)
     writer: asyncio.StreamWriter | None = None
@@ -226,6 +280,7 @@ class Stream:
                             name = line[7:].decode()
                     if name:
                         self.received.append((seq, name, arrived))
+                        self.first_event.set()
                     if name in {"lesson_complete", "error"}:
                         self.done.set()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -426,6 +481,7 @@ async def phase_idle(srv: Server, total: int, per_lesson: int) -> dict[str, floa
         "opened_ok": ok,
         "alive_after_hold": alive,
         "open_s": open_s,
+        "opens_per_s": total / open_s,
         "rss_before_mib": before,
         "rss_after_mib": after,
         "kib_per_stream": (after - before) * 1024 / max(1, total),
@@ -503,11 +559,161 @@ async def phase_active(
     }
 
 
+# ---- the reconnect storm -------------------------------------------------------------------
+
+STORM_DEADLINE_S = 120.0  # a client without its first frame by then counts as failed
+STORM_WARM_UP = 100  # clients of a first, unmeasured burst on each server
+
+
+@dataclass
+class StormClient:
+    """One client of a burst: connects, asks for a stream, and notes when the first data
+    frame arrives (seconds after the burst started); the connection stays open until the
+    burst is over, as a reconnected EventSource's would."""
+
+    request: bytes
+    first_frame_ms: float = float("nan")
+    status: int = 0
+    writer: asyncio.StreamWriter | None = None
+
+    async def run(self, port: int, started: float) -> None:
+        try:
+            async with asyncio.timeout(STORM_DEADLINE_S):
+                reader, self.writer = await asyncio.open_connection(HOST, port)
+                self.writer.write(self.request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.status = int(head.split(b" ", 2)[1])
+                tail = b""
+                while self.status == 200:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        return
+                    if b"data:" in tail + chunk:  # the tail: a field split between reads
+                        self.first_frame_ms = (time.perf_counter() - started) * 1000
+                        return
+                    tail = chunk[-8:]
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            return
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+
+
+def stream_request(path: str, cookie: str | None = None, last_event_id: str | None = None) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}", "Accept: text/event-stream"]
+    if cookie is not None:
+        lines.append(f"Cookie: ot_session={cookie}")
+    if last_event_id is not None:
+        lines.append(f"Last-Event-ID: {last_event_id}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def burst(port: int, requests: list[bytes]) -> dict[str, float]:
+    """All `requests` connect at once; first-data-frame latency from the burst's start."""
+    clients = [StormClient(r) for r in requests]
+    started = time.perf_counter()
+    await asyncio.gather(*(c.run(port, started) for c in clients))
+    latencies = [c.first_frame_ms for c in clients if c.first_frame_ms == c.first_frame_ms]
+    for i in range(0, len(clients), 500):
+        await asyncio.gather(*(c.close() for c in clients[i : i + 500]))
+    slowest = max(latencies, default=float("nan"))
+    return {
+        "clients": len(clients),
+        "first_frames": len(latencies),
+        "first_frame_p50_ms": percentile(latencies, 0.50),
+        "first_frame_p99_ms": percentile(latencies, 0.99),
+        "first_frame_max_ms": slowest,
+        "opens_per_s": len(latencies) / slowest * 1000 if latencies else 0.0,
+    }
+
+
+async def storm_students(srv: Server, n: int, per_lesson: int) -> list[bytes]:
+    """The stream requests `n` browsers send on reconnecting: students (a session each) with
+    a locked lesson of their own, open in `per_lesson` tabs. Every other request resumes
+    with Last-Event-ID (from the event before plan_ready: the lessons generate nothing in
+    this process, so any later cursor would wait for a heartbeat)."""
+    sem = asyncio.Semaphore(16)
+    students = max(1, n // per_lesson)
+    ready = 0
+
+    async def student() -> tuple[str, str, int]:
+        nonlocal ready
+        async with sem, session(srv.base) as (client, cookie):
+            [lesson_id] = await make_lessons(client, 1, "Storm lesson", unique=False)
+            first = Stream(lesson_id)  # the first open locks the plan
+            await first.open(srv.port, cookie)
+            async with asyncio.timeout(30):
+                await first.first_event.wait()
+            await first.close()
+        ready += 1
+        if ready % 500 == 0:
+            say(f"  storm: {ready}/{students} students ready")
+        return lesson_id, cookie, first.received[0][0]
+
+    made = await asyncio.gather(*(student() for _ in range(students)))
+    requests = []
+    for i in range(n):
+        lesson_id, cookie, plan_ready_seq = made[i % students]
+        resume = f"{lesson_id}-evt-{plan_ready_seq - 1:05d}" if i % 2 else None
+        requests.append(stream_request(f"/v1/lesson/{lesson_id}/stream", cookie, resume))
+    return requests
+
+
+async def until_streams_closed(client: Any, deadline_s: float = 60.0) -> None:
+    """Wait until the service holds no stream (the last burst's connections are gone)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if not (await stats(client))["streams"]:
+            return
+        await asyncio.sleep(0.2)  # polling a count, with a deadline
+
+
+async def phase_storm(srv: Server, bare: Server, n: int, per_lesson: int) -> dict[str, float]:
+    say(f"storm: {max(1, n // per_lesson)} students with a lesson each, {per_lesson} tab(s) each")
+    requests = await storm_students(srv, n, per_lesson)
+    bare_requests = [stream_request("/sse")] * n
+    async with session(srv.base) as (client, _):
+        # Warm both servers up (the service's pool grows to its size) before measuring.
+        await burst(bare.port, bare_requests[:STORM_WARM_UP])
+        await burst(srv.port, requests[:STORM_WARM_UP])
+        await until_streams_closed(client)
+        say(f"storm: {n} clients at once on the bare endpoint")
+        cpu0 = bare.cpu_s()
+        anchor = await burst(bare.port, bare_requests)
+        bare_cpu_s = bare.cpu_s() - cpu0  # includes the closes
+        await asyncio.sleep(1.0)  # let the bare server finish closing them
+        say(f"storm: {n} clients at once on the service")
+        c0 = await stats(client)
+        cpu0 = srv.cpu_s()
+        service = await burst(srv.port, requests)
+        service_cpu_s = srv.cpu_s() - cpu0
+        c1 = await stats(client)
+        await until_streams_closed(client)
+    statements = sum(v for k, v in (c1 - c0).items() if k not in {"streams", "gc_ms"})
+    return {
+        **service,
+        "statements_per_open": statements / max(1, n),
+        "cpu_ms_per_open": service_cpu_s * 1000 / max(1, n),
+        "gc_ms_per_open": (c1["gc_ms"] - c0["gc_ms"]) / max(1, n),
+        "bare_first_frames": anchor["first_frames"],
+        "bare_first_frame_p50_ms": anchor["first_frame_p50_ms"],
+        "bare_first_frame_p99_ms": anchor["first_frame_p99_ms"],
+        "bare_first_frame_max_ms": anchor["first_frame_max_ms"],
+        "bare_opens_per_s": anchor["opens_per_s"],
+        "bare_cpu_ms_per_open": bare_cpu_s * 1000 / max(1, n),
+        "p99_ratio": service["first_frame_p99_ms"] / anchor["first_frame_p99_ms"],
+    }
+
+
 async def run(args: argparse.Namespace, db_url: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    say(f"latency: {args.lessons} lessons, offline pace 0, one process")
-    with server(db_url, OMNITUTOR_OFFLINE_PACE_MS="0") as solo:
-        out["latency"] = await phase_latency(solo, args.lessons)
+    if args.lessons:
+        say(f"latency: {args.lessons} lessons, offline pace 0, one process")
+        with server(db_url, OMNITUTOR_OFFLINE_PACE_MS="0") as solo:
+            out["latency"] = await phase_latency(solo, args.lessons)
     if args.asks:
         say(f"ask: {args.asks} asks, offline, one process")
         with server(
@@ -523,27 +729,52 @@ async def run(args: argparse.Namespace, db_url: str) -> dict[str, dict[str, floa
             OMNITUTOR_LIMIT_ASK_ANON_PER_HOUR="1000000",
         ) as solo:
             out["adjust"] = await phase_adjust(solo, args.adjusts)
-    say(f"idle: {args.idle} streams on one process")
-    with server(db_url, OMNITUTOR_MAX_GENERATIONS="0") as streamer:
-        if args.idle:
-            out["idle"] = await phase_idle(streamer, args.idle, args.idle_per_lesson)
-        n = args.active_lessons * args.readers
-        say(f"active: {n} streams, lessons generated by a second process")
-        with server(
-            db_url,
-            OMNITUTOR_OFFLINE_PACE_MS=str(args.pace_ms),
-            OMNITUTOR_MAX_GENERATIONS=str(args.active_lessons),
-        ) as generator:
-            out["active"] = await phase_active(
-                streamer, generator, db_url, args.active_lessons, args.readers
-            )
+    if args.idle or args.active_lessons:
+        await phases_streaming(args, db_url, out)
+    if args.storm:
+        # Last: its thousands of locked lessons would otherwise be generated by the servers
+        # of the phases after it, and skew their figures.
+        say(f"storm: {args.storm} clients at once, the service against a bare endpoint")
+        with (
+            server(db_url, OMNITUTOR_MAX_GENERATIONS="0", OMNITUTOR_OFFLINE_PACE_MS="0") as srv,
+            server(db_url, "bare") as bare,
+        ):
+            out["storm"] = await phase_storm(srv, bare, args.storm, args.storm_per_lesson)
     return out
 
 
+async def phases_streaming(
+    args: argparse.Namespace, db_url: str, out: dict[str, dict[str, float]]
+) -> None:
+    """Idle capacity, then active delivery, on one streaming process."""
+    with server(db_url, OMNITUTOR_MAX_GENERATIONS="0") as streamer:
+        if args.idle:
+            say(f"idle: {args.idle} streams on one process")
+            out["idle"] = await phase_idle(streamer, args.idle, args.idle_per_lesson)
+        if args.active_lessons:
+            n = args.active_lessons * args.readers
+            say(f"active: {n} streams, lessons generated by a second process")
+            with server(
+                db_url,
+                OMNITUTOR_OFFLINE_PACE_MS=str(args.pace_ms),
+                OMNITUTOR_MAX_GENERATIONS=str(args.active_lessons),
+            ) as generator:
+                out["active"] = await phase_active(
+                    streamer, generator, db_url, args.active_lessons, args.readers
+                )
+
+
 def cmd_bench_lessons(args: argparse.Namespace, settings: Settings) -> int:
+    from web.app import tune_gc
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, max(soft, 2 * args.idle + 1024))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # children inherit it
+    # The client holds every stream's socket; the servers (children inherit it) as many.
+    want = min(hard, max(soft, 2 * max(args.idle, args.storm) + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < max(args.idle, args.storm) + 256:
+        say(f"warning: the open-file limit is {want}; raise `ulimit -Hn` for this many streams")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per set-up request otherwise
+    tune_gc()  # the client holds thousands of sockets too: its collector must not stall it
     started = time.perf_counter()
     with (
         database_url(settings.database_url, settings.home) as admin,
@@ -554,21 +785,42 @@ def cmd_bench_lessons(args: argparse.Namespace, settings: Settings) -> int:
         for name, value in values.items():
             shown = f"{value:.1f}" if isinstance(value, float) else str(value)
             print(f"{phase:8s} {name:26s} {shown}")
-    lat, act = figures["latency"], figures["active"]
-    idle = figures.get("idle", {})
-    print(
-        f"summary: first partial {lat['first_partial_p50_ms']:.0f} ms, lesson "
-        f"{lat['complete_p50_ms']:.0f} ms (p50); {idle.get('streams', 0):.0f} idle streams at "
-        f"{idle.get('kib_per_stream', float('nan')):.1f} KiB each "
-        f"(RSS {idle.get('rss_after_mib', float('nan')):.0f} MiB); delivery p99 "
-        f"{act['steady_delivery_p99_ms']:.1f} ms steady / {act['delivery_p99_ms']:.1f} ms "
-        f"incl. ramp-up at {act['streams']:.0f} active streams; "
-        f"{act['live_lesson_reads']:.0f} per-lesson reads and {act['live_log_tail_reads']:.0f} "
-        f"log tail reads for {act['deliveries']:.0f} deliveries "
-        f"({time.perf_counter() - started:.0f} s)"
-    )
-    print(interaction_summary(figures))
+    print(f"summary: {summary(figures)} ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def summary(figures: dict[str, dict[str, float]]) -> str:
+    """One line: what each phase that ran measured."""
+    nan = float("nan")
+    parts: list[str] = []
+    if storm := figures.get("storm"):
+        parts.append(
+            f"storm of {storm['clients']:.0f}: first frame p50 "
+            f"{storm['first_frame_p50_ms']:.0f} ms / p99 {storm['first_frame_p99_ms']:.0f} ms "
+            f"({storm['opens_per_s']:.0f} opens/s) vs bare p99 "
+            f"{storm['bare_first_frame_p99_ms']:.0f} ms: {storm['p99_ratio']:.2f}x (target <= 2)"
+        )
+    if lat := figures.get("latency"):
+        parts.append(
+            f"first partial {lat['first_partial_p50_ms']:.0f} ms, lesson "
+            f"{lat['complete_p50_ms']:.0f} ms (p50)"
+        )
+    if "ask" in figures or "adjust" in figures:
+        parts.append(interaction_summary(figures))
+    if idle := figures.get("idle"):
+        parts.append(
+            f"{idle['streams']:.0f} idle streams at {idle['kib_per_stream']:.1f} KiB each "
+            f"(RSS {idle['rss_after_mib']:.0f} MiB), opened at {idle['opens_per_s']:.0f}/s"
+        )
+    if act := figures.get("active"):
+        parts.append(
+            f"delivery p99 {act.get('steady_delivery_p99_ms', nan):.1f} ms steady / "
+            f"{act['delivery_p99_ms']:.1f} ms incl. ramp-up at {act['streams']:.0f} active "
+            f"streams; {act['live_lesson_reads']:.0f} per-lesson reads and "
+            f"{act['live_log_tail_reads']:.0f} log tail reads for {act['deliveries']:.0f} "
+            "deliveries"
+        )
+    return "; ".join(parts) or "nothing measured"
 
 
 def interaction_summary(figures: dict[str, dict[str, float]]) -> str:
@@ -585,6 +837,8 @@ def interaction_summary(figures: dict[str, dict[str, float]]) -> str:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "child":
         _child_main(int(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "bare":
+        _bare_main(int(sys.argv[2]))
     else:
         say("usage: omnitutor bench lessons")
         sys.exit(2)

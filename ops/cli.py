@@ -57,7 +57,7 @@ _ADMIN = load_queries(Path(_database_file).parent / "sql" / "admin.sql")
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from web.app import create_app
+    from web.app import create_app, tune_gc
     from web.transport import AbortingH11Protocol
 
     started = time.perf_counter()
@@ -74,6 +74,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; turning it
         # into SystemExit lets the embedded database stop cleanly on the way out.
         signal.signal(signal.SIGTERM, _exit_on_signal)
+        tune_gc()
         uvicorn.run(
             app,
             host=args.host,
@@ -89,8 +90,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             log_config=None,
             # A stream that drops a stalled reader resets its connection (web/transport.py).
             http=AbortingH11Protocol,
+            # A reconnect storm connects thousands at once; uvicorn's 2048 would leave the
+            # rest to retry their SYN a second later (the kernel caps it at somaxconn).
+            backlog=LISTEN_BACKLOG,
         )
     return 0
+
+
+LISTEN_BACKLOG = 16384
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -8,7 +8,7 @@ it receives, so the order of the guardrails is read off what reached it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -48,13 +48,18 @@ class RecordingProvider(OfflineProvider):
 
 
 class CountingStore(EventStore):
-    """The real store, counting reads of one lesson's log."""
+    """The real store, counting reads of lessons' logs (a shared read of several counts
+    once: it is one statement)."""
 
     lesson_reads = 0
 
     async def read_lesson_page(self, lesson_id: str, after_seq: int, limit: int) -> Any:
         self.lesson_reads += 1
         return await super().read_lesson_page(lesson_id, after_seq, limit)
+
+    async def read_lessons(self, lesson_ids: Sequence[str]) -> Any:
+        self.lesson_reads += 1
+        return await super().read_lessons(lesson_ids)
 
 
 @asynccontextmanager

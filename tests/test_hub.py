@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from eventstore.store import EventStore
+from eventstore.hub import Hub
+from eventstore.store import EventStore, StoredEvent
 from tests.logkit import collect, other_process, partial, running, until
 
 pytestmark = pytest.mark.anyio
@@ -114,3 +117,84 @@ async def test_dropped_listen_connection_is_reestablished_and_nothing_is_missed(
         assert [e.position for e in await collect(sub, 2, 10)] == [2, 3]
         await their_store.append("L", [partial(3)], expected_seq=3)
         assert [e.position for e in await collect(sub, 1, 10)] == [4]
+
+
+class CountingStore(EventStore):
+    """The real store, recording the lesson reads it is asked for."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        super().__init__(pool)
+        self.shared_reads: list[list[str]] = []  # read_lessons: one statement each
+        self.own_reads = 0  # read_lesson_page: a subscription reading for itself
+        self.head_gate: asyncio.Event | None = None  # head_position waits for it when set
+        self.reading_head = asyncio.Event()  # head_position is waiting at the gate
+
+    async def read_lessons(self, lesson_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
+        self.shared_reads.append(sorted(lesson_ids))
+        return await super().read_lessons(lesson_ids)
+
+    async def read_lesson_page(
+        self, lesson_id: str, after_seq: int, limit: int
+    ) -> list[StoredEvent]:
+        self.own_reads += 1
+        return await super().read_lesson_page(lesson_id, after_seq, limit)
+
+    async def head_position(self) -> int:
+        if self.head_gate is not None:
+            self.reading_head.set()
+            await self.head_gate.wait()
+        return await super().head_position()
+
+
+async def test_streams_opening_together_share_one_read_and_each_gets_the_whole_log(
+    pool: AsyncConnectionPool[Any], db_url: str
+) -> None:
+    store = CountingStore(pool)
+    await store.append("L", [partial(i) for i in range(7)], expected_seq=0)
+    await store.append("M", [partial(i) for i in range(2)], expected_seq=0)
+    async with running(store, db_url) as hub:
+        await until(lambda: hub._cursor is not None)
+        subs = [hub.lesson("L") for _ in range(20)] + [hub.lesson("M")]
+        logs = await asyncio.gather(*(sub.read_lesson() for sub in subs))
+        assert store.shared_reads == [["L", "M"]]  # one statement for all 21 opens
+        for sub, log in zip(subs, logs, strict=True):
+            assert [e.lesson_seq for e in log] == list(range(1, 8 if sub.lesson_id == "L" else 3))
+            sub.prime(log, after=0)
+        # Appended after the shared read: each subscription gets it live, once, in order.
+        await store.append("L", [partial(7)], expected_seq=7)
+        for sub in subs[:20]:
+            assert [e.lesson_seq for e in await collect(sub, 8)] == list(range(1, 9))
+        await until(lambda: hub._cursor == 10)  # the tail delivered it again: dropped
+        for sub in subs[:20]:
+            assert await sub.next_batch(timeout=0) == []
+        assert store.own_reads == 0  # nobody went back to the log
+        for sub in subs:
+            await sub.close()
+    assert hub.subscriber_count == 0
+
+
+async def test_opens_while_the_hub_skips_ahead_are_not_sent_back_to_the_log(
+    pool: AsyncConnectionPool[Any], db_url: str
+) -> None:
+    # A hub with nobody subscribed skips to the log's head; a stream that opened while the
+    # head was being read used to be sent back to the log (a reconnect storm read every
+    # lesson twice). Now the hub tails what it was about to skip, and nothing is missed.
+    store = CountingStore(pool)
+    await store.append("L", [partial(i) for i in range(3)], expected_seq=0)
+    await store.sequence()
+    hub = Hub(store, db_url)
+    await hub.tail()  # knows where the log ends
+    store.head_gate = asyncio.Event()
+    skipping = asyncio.create_task(hub.tail())  # nobody subscribed: reads the head
+    await store.reading_head.wait()
+    sub = hub.lesson("L")
+    sub.prime(await sub.read_lesson(), after=0)
+    async with other_process(db_url) as theirs:  # committed after the catch-up read
+        await theirs.append("L", [partial(3)], expected_seq=3)
+        await theirs.sequence()
+    store.head_gate.set()  # the head now includes it: skipping to it would lose it
+    assert await skipping == 1  # it tailed the event instead of skipping past it
+    got = await collect(sub, 4)
+    assert [e.lesson_seq for e in got] == [1, 2, 3, 4]
+    assert store.own_reads == 0
+    await sub.close()

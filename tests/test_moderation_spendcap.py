@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -112,3 +113,24 @@ async def test_spend_counts_todays_model_runs_only(pool: AsyncConnectionPool[Any
     assert (status.full, status.why, status.flag_reason) == (True, "flag", "by hand")
     await spendcap.set_flag(pool, False)
     assert not (await spendcap.spend_status(pool, Decimal(50))).full
+
+
+async def test_checks_made_together_share_a_read_and_each_sees_what_was_set_before_it(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    checks = spendcap.SpendChecks(pool, Decimal(50))
+    together = await asyncio.gather(*(checks.status() for _ in range(20)))
+    assert [s.full for s in together] == [False] * 20
+    assert checks.reads == 1
+    await spendcap.set_flag(pool, True, "by hand")  # committed before the next check asks
+    status = await checks.status()
+    assert (status.full, status.why, status.flag_reason) == (True, "flag", "by hand")
+    store = EventStore(pool)
+    with pytest.raises(OverQuota):
+        await spendcap.enforce(
+            pool, store, cap_usd=Decimal(50), forced=False, meta=META, checks=checks
+        )
+    await spendcap.set_flag(pool, False)
+    assert not (await checks.status()).full
+    assert checks.reads == 4
+    await checks.aclose()

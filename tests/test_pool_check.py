@@ -3,6 +3,8 @@ and a connection the server ended while it sat idle in the pool never reaches a 
 
 from __future__ import annotations
 
+import os
+import resource
 import select
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -71,3 +73,20 @@ def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return check()
 
     return run
+
+
+async def test_the_check_works_on_a_descriptor_past_1024(db_url: str) -> None:
+    # A process holding thousands of streams opens its pool connections past select()'s
+    # limit (FD_SETSIZE): the check must still answer, not raise ValueError.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            assert conn.pgconn.socket > 1024
+            await ResilientPool.check_connection(conn)  # healthy: no error, no round trip
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

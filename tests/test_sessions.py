@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from typing import Any
 
 import httpx
 import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
 
+from commands.errors import Unauthorized
+from commands.sessions import Authenticator, Principal, authenticate, open_session
 from tests.conftest import make_settings
 from tests.live import serve_app
 
@@ -78,3 +84,50 @@ def test_client_meta_is_stored(live_server: str, db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         meta = conn.execute("SELECT client_meta_json FROM sessions").fetchone()
     assert meta == ({"viewport": "390x844"},)
+
+
+@pytest.mark.anyio
+async def test_requests_arriving_together_are_authenticated_by_one_statement(
+    pool: AsyncConnectionPool[Any], db_url: str
+) -> None:
+    grants = [await open_session(pool, None, {}, 30) for _ in range(40)]
+    tokens = [g.token for g in grants]
+    with psycopg.connect(db_url) as conn:  # half were last seen two minutes ago
+        conn.execute(
+            "UPDATE sessions SET last_seen_at = now() - interval '2 minutes',"
+            " expires_at = now() + interval '1 day' WHERE id = ANY(%s)",
+            ([g.principal.session_id for g in grants[::2]],),
+        )
+    authenticator = Authenticator(pool, days=30, idle_min=30)
+    asked = [*tokens, tokens[0], "not-a-token", None]
+    answers = await asyncio.gather(
+        *(authenticator.authenticate(t) for t in asked), return_exceptions=True
+    )
+    assert answers[:41] == [g.principal for g in grants] + [grants[0].principal]
+    assert [type(a) for a in answers[41:]] == [Unauthorized, Unauthorized]
+    assert authenticator.statements == 1
+    # The same answers as one at a time, and the stale half's expiry slid back to 30 days.
+    for token, grant in zip(tokens, grants, strict=True):
+        assert await authenticate(pool, token) == grant.principal
+    with psycopg.connect(db_url) as conn:
+        short = conn.execute(
+            "SELECT count(*) FROM sessions WHERE expires_at < now() + interval '29 days'"
+        ).fetchone()
+    assert short == (0,)
+
+
+@pytest.mark.anyio
+async def test_an_ended_visit_is_continued_by_a_new_one_of_the_same_user(
+    pool: AsyncConnectionPool[Any], db_url: str
+) -> None:
+    grant = await open_session(pool, None, {}, 30)
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "UPDATE sessions SET ended_at = now() WHERE id = %s", (grant.principal.session_id,)
+        )
+    authenticator = Authenticator(pool)
+    again = await authenticator.authenticate(grant.token)
+    assert isinstance(again, Principal)
+    assert again.user_id == grant.principal.user_id
+    assert again.session_id != grant.principal.session_id
+    assert await authenticator.authenticate(grant.token) == again  # the token moved with it

@@ -49,7 +49,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from commands import idempotency
 from commands.bootstrap import Deps
 from commands.errors import CommandError, ErrorCode, InvalidInput, Unauthorized
-from commands.sessions import authenticate
 from eventstore.errors import StoreError
 from eventstore.store import InTransaction
 from web.body import limit_for
@@ -130,12 +129,7 @@ class IdempotencyMiddleware:
                 raise InvalidInput(idempotency.HEADER, "must be sent once, not repeated")
             key = idempotency.validate_key(raw_keys[0] if raw_keys else None)
             try:
-                principal = await authenticate(
-                    svc.pool,
-                    request.cookies.get(COOKIE),
-                    days=svc.settings.session_days,
-                    idle_min=svc.settings.session_idle_min,
-                )
+                principal = await svc.sessions.authenticate(request.cookies.get(COOKIE))
             except Unauthorized:
                 if required:
                     raise

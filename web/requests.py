@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 
 from commands.bootstrap import Deps
 from commands.messages import Caller
-from commands.sessions import Principal, authenticate
+from commands.sessions import Principal
 from web.body import read_json_object
 from web.client_ip import request_client_ip
 
@@ -41,13 +41,7 @@ async def principal(request: Request) -> Principal:
     state = request.scope.setdefault("state", {})
     found: Principal | None = state.get("principal")
     if found is None:
-        settings = deps(request).settings
-        found = await authenticate(
-            deps(request).pool,
-            request.cookies.get(COOKIE),
-            days=settings.session_days,
-            idle_min=settings.session_idle_min,
-        )
+        found = await deps(request).sessions.authenticate(request.cookies.get(COOKIE))
         state["principal"] = found
     structlog.contextvars.bind_contextvars(user_id=found.user_id, session_id=found.session_id)
     return found

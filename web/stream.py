@@ -25,6 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 from commands.stream_view import HEARTBEAT, Frame, StreamView
 from eventstore.hub import Subscription
 from eventstore.settings import Settings
+from eventstore.store import StoredEvent
 
 log = structlog.get_logger(__name__)
 
@@ -80,26 +81,33 @@ class LessonStream(Response):
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
-            await self._send(send, f"retry: {self.retry_ms}\n\n".encode())
+            # `retry:` goes out with the catch-up when there is one: one write, not two (in a
+            # reconnect storm every message's trip through the middlewares and h11 counts).
+            pending = f"retry: {self.retry_ms}\n\n".encode()
+            batch = await self.subscription.next_batch(timeout=0)
             while True:
-                batch = await self.subscription.next_batch(timeout=self.heartbeat_s)
-                if not batch:
+                if not batch and not pending:
                     beat = {"ts": int(time.time() * 1000)}
                     await self._send(send, encode(Frame(HEARTBEAT, beat)))
-                    continue
-                frames: list[bytes] = []
-                end = False
-                for e in batch:
-                    frame, end = self.view.render(e)
-                    if frame is not None:
-                        frames.append(encode(frame))
-                    if end:
-                        break
-                if frames:
-                    await self._send(send, b"".join(frames))
+                frames, end = self._render(batch)
+                if pending + frames:
+                    await self._send(send, pending + frames)
+                    pending = b""
                 if end:
                     await self._send(send, b"", more=False)
                     return
+                batch = await self.subscription.next_batch(timeout=self.heartbeat_s)
         except TimeoutError:
             # The reader stopped reading; drop it rather than hold its buffers.
             log.info("sse reader too slow; dropped", lesson_id=self.view.lesson_id)
+
+    def _render(self, batch: list[StoredEvent]) -> tuple[bytes, bool]:
+        """The frames of `batch`, and whether the stream ends with them."""
+        frames: list[bytes] = []
+        for e in batch:
+            frame, end = self.view.render(e)
+            if frame is not None:
+                frames.append(encode(frame))
+            if end:
+                return b"".join(frames), True
+        return b"".join(frames), False

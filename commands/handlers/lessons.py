@@ -28,6 +28,7 @@ from commands.lesson_model import (
     decide_abandon,
     decide_create,
     decide_lock,
+    fold,
     plan_from_json,
     plan_json,
     run_event,
@@ -298,16 +299,18 @@ async def open_stream(cmd: OpenStream, deps: Deps) -> StreamOpened | StreamFinis
     """Open the lesson's stream with one read of its log.
 
     The subscription starts receiving before that read, so the read is its catch-up and
-    whatever is appended afterwards arrives live. Opening a lesson that is not locked yet
+    whatever is appended afterwards arrives live. The read is the hub's, shared by every
+    stream of the lesson opening at the same moment and batched with other lessons' (a
+    reconnect storm costs a statement per batch). Opening a lesson that is not locked yet
     locks its plan and asks for generation; that is new spend, so the daily cap applies.
     """
     lesson_id = cmd.lesson_id
     _bind_lesson(lesson_id)
     lesson_log.check_lesson_id(lesson_id)
     subscription = deps.hub.lesson(lesson_id)
-    subscription.open()
     try:
-        events, state = await lesson_log.read_lesson(deps.store, lesson_id)
+        events = await subscription.read_lesson()
+        state = fold(events, lesson_id=lesson_id)
         lesson_log.check_owner(state, cmd.caller.user_id)
         cursor = parse_cursor(lesson_id, cmd.last_event_id, cmd.cursor_field)
         if cursor > state.version:
@@ -315,14 +318,16 @@ async def open_stream(cmd: OpenStream, deps: Deps) -> StreamOpened | StreamFinis
         if state.finished and cursor >= state.ended_seq:
             await subscription.close()
             return StreamFinished()
-        if not state.finished:
-            if not state.locked:
-                # A lesson already locked keeps streaming whatever the day's spend.
-                await enforce_spend_cap(deps, cmd.caller, lesson_id=lesson_id)
+        if not state.finished and not state.locked:
+            await enforce_spend_cap(deps, cmd.caller, lesson_id=lesson_id)
             # The lease row first: if this process dies before the lock, whoever claims the
             # lesson locks it; the lock's expected_seq keeps the two from both locking.
             await deps.supervisor.request(lesson_id)
             _, state = await lesson_log.commit(deps.store, state, decide_lock, cmd.caller.meta())
+        elif not state.finished:
+            # A lesson already locked keeps streaming whatever the day's spend; asking for
+            # its generation again (re-arming a failed one) changes nothing the stream sends.
+            deps.supervisor.request_soon(lesson_id)
         # The first connection starts at plan_ready (plan.locked), never before it.
         subscription.prime(events, after=max(cursor, state.locked_seq - 1))
         return StreamOpened(subscription, StreamView.of(state))

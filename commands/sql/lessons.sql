@@ -23,12 +23,38 @@ ON CONFLICT (key) DO UPDATE
 SET model = EXCLUDED.model, payload_json = EXCLUDED.payload_json, ttl_at = EXCLUDED.ttl_at;
 
 -- name: lease_request
--- Ask for generation: a new row is free at once; a failed one is re-armed. A lesson that
--- is done or abandoned stays so.
-INSERT INTO lesson_generation (lesson_id) VALUES (%(lesson_id)s)
-ON CONFLICT (lesson_id) DO UPDATE
-SET state = 'pending', owner = NULL, expires_at = now(), updated_at = now()
-WHERE lesson_generation.state = 'failed';
+-- Ask for generation of a batch of lessons: a new row is free at once; a failed one is
+-- re-armed. A lesson that is done or abandoned stays so. When every row is already there
+-- and none failed (a stream reopened: the common case) it writes nothing, so it locks no
+-- row and has no commit to flush; rows are locked and inserted in lesson_id order, so two
+-- batches do not deadlock. Returns the lessons a supervisor could claim now.
+WITH wanted AS (
+  SELECT DISTINCT unnest(%(lesson_ids)s::text[]) AS lesson_id
+), failed AS (
+  SELECT g.lesson_id FROM lesson_generation AS g JOIN wanted USING (lesson_id)
+  WHERE g.state = 'failed'
+  ORDER BY g.lesson_id
+  FOR UPDATE OF g
+), rearmed AS (
+  UPDATE lesson_generation AS g
+  SET state = 'pending', owner = NULL, expires_at = now(), updated_at = now()
+  FROM failed
+  WHERE g.lesson_id = failed.lesson_id AND g.state = 'failed'
+  RETURNING g.lesson_id
+), added AS (
+  INSERT INTO lesson_generation (lesson_id)
+  SELECT wanted.lesson_id FROM wanted
+  WHERE NOT EXISTS (SELECT 1 FROM lesson_generation AS g WHERE g.lesson_id = wanted.lesson_id)
+  ORDER BY wanted.lesson_id
+  ON CONFLICT (lesson_id) DO NOTHING
+  RETURNING lesson_id
+)
+SELECT lesson_id FROM rearmed
+UNION ALL
+SELECT lesson_id FROM added
+UNION ALL
+SELECT g.lesson_id FROM lesson_generation AS g JOIN wanted USING (lesson_id)
+WHERE g.state = 'pending' AND (g.owner IS NULL OR g.expires_at < now());
 
 -- name: lease_claim
 -- Take up to `limit` free or lapsed leases (a given lesson first, when named). SKIP LOCKED:

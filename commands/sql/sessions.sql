@@ -46,6 +46,33 @@ WITH found AS (
 )
 SELECT user_id, id, signed_in, ended FROM found;
 
+-- name: authenticate_many
+-- `authenticate` for every token of a batch at once (commands/sessions.Authenticator): one
+-- autocommit statement for all the requests that arrived together. The sliding expiry skips
+-- a row another transaction holds (SKIP LOCKED: it is being written anyway), so two batches
+-- never wait for each other, let alone deadlock over rows locked in different orders.
+WITH found AS (
+  SELECT s.token_hash, s.id, s.user_id, u.email IS NOT NULL AS signed_in, s.last_seen_at,
+         (s.ended_at IS NOT NULL
+          OR s.last_seen_at < now() - make_interval(mins => %(idle_min)s)) AS ended
+  FROM sessions AS s JOIN users AS u ON u.id = s.user_id
+  WHERE s.token_hash = ANY(%(token_hashes)s::text[])
+    AND s.expires_at > now()
+    AND s.deleted_at IS NULL
+    AND u.deleted_at IS NULL
+), stale AS (
+  SELECT s.id FROM sessions AS s JOIN found ON found.id = s.id
+  WHERE NOT found.ended AND found.last_seen_at < now() - interval '1 minute'
+  FOR UPDATE OF s SKIP LOCKED
+), touched AS (
+  UPDATE sessions AS s
+  SET last_seen_at = now(), expires_at = now() + make_interval(days => %(days)s)
+  FROM stale
+  WHERE s.id = stale.id
+  RETURNING s.id
+)
+SELECT token_hash, user_id, id, signed_in, ended FROM found;
+
 -- name: continue_session
 -- The visit behind this cookie ended: it keeps its ended_at (the time it was last seen, when
 -- the idle sweep has not set one yet) and a new visit of the same user takes the token over.

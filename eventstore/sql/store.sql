@@ -157,6 +157,14 @@ WHERE lesson_id = %(lesson_id)s AND lesson_seq > %(after_seq)s
 ORDER BY lesson_seq
 LIMIT %(limit)s;
 
+-- name: read_lessons
+-- Whole logs of several lessons at once (a batch of subscriptions' catch-up reads).
+SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
+       payload_json::text, metadata_json::text, ts
+FROM events
+WHERE lesson_id = ANY(%(lesson_ids)s::text[]) AND lesson_seq IS NOT NULL
+ORDER BY lesson_id, lesson_seq;
+
 -- name: read_all
 SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
        payload_json::text, metadata_json::text, ts
