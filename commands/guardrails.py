@@ -14,7 +14,7 @@ appending the event that records it (`over_quota.hit`, `safety.refused`, the mod
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from commands import moderation, ratelimit, spendcap
 from commands.messages import Caller
@@ -68,15 +68,7 @@ async def screen_input(
     lesson_id: str | None = None,
     passed: list[NewEvent] | None = None,
 ) -> None:
-    await moderation.screen(
-        deps.provider,
-        texts,
-        "input",
-        store=deps.store,
-        meta=caller.meta(),
-        lesson_id=lesson_id,
-        passed=passed,
-    )
+    await _screen(deps, caller, texts, "input", lesson_id, passed)
 
 
 async def screen_output(
@@ -87,10 +79,21 @@ async def screen_output(
     lesson_id: str | None = None,
     passed: list[NewEvent] | None = None,
 ) -> None:
+    await _screen(deps, caller, texts, "output", lesson_id, passed)
+
+
+async def _screen(
+    deps: Deps,
+    caller: Caller,
+    texts: Mapping[str, str],
+    stage: Literal["input", "output"],
+    lesson_id: str | None,
+    passed: list[NewEvent] | None,
+) -> None:
     await moderation.screen(
         deps.provider,
         texts,
-        "output",
+        stage,
         store=deps.store,
         meta=caller.meta(),
         lesson_id=lesson_id,
