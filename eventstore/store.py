@@ -507,17 +507,15 @@ class EventStore:
                 new = personal.reveal(
                     _inserted(events, payloads, metadata, lessons, rows), sealed.personal
                 )
-                if len(new) < len(events):
-                    ids = [e.id for e in events]
-                    stored = await _fetch_events(conn, _Q["events_by_id"], {"ids": ids})
-                    found = {s.id: s for s in stored}
-                    _check_same(events, found, lessons)
-                    stored = [found[i] for i in ids]
-                else:
-                    stored = new
-        if new:
-            self._committed(new)
-        return stored
+                if new:  # committed, whatever the check of the rest says
+                    self._committed(new)
+                if len(new) == len(events):
+                    return new
+                ids = [e.id for e in events]
+                stored = await _fetch_events(conn, _Q["events_by_id"], {"ids": ids})
+        found = {s.id: s for s in stored}
+        _check_same(events, found, lessons)
+        return [found[i] for i in ids]
 
     async def lesson_head(self, lesson_id: str) -> int:
         """The lesson's current seq (0 for a lesson with no events)."""

@@ -222,6 +222,24 @@ async def test_reappending_the_same_ids_is_a_no_op(
     assert await store.lesson_head("L") == 2
 
 
+async def test_a_session_level_batch_refused_for_one_reused_id_still_reports_what_it_stored(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    """The new events of such a batch are committed before the reused id is checked, so the
+    append listeners (the sequencer's wake-up, the metrics) must hear of them all the same."""
+    store = EventStore(pool)
+    heard: list[StoredEvent] = []
+    store.on_append(heard.extend)
+    kept = NewEvent("session.start", {"ref": "a"}, META)
+    await store.append_unordered([kept])
+    fresh = NewEvent("session.start", {"ref": "b"}, META)
+    reused = NewEvent("session.start", {"ref": "other"}, META, id=kept.id)
+    with pytest.raises(DuplicateEventId, match="other content"):
+        await store.append_unordered([fresh, reused])
+    assert [e.id for e in heard] == [kept.id, fresh.id]
+    assert await store.sequence() == 2
+
+
 async def test_events_beside_a_batch_land_first_in_its_commit_or_not_at_all(
     pool: AsyncConnectionPool[Any], db_url: str
 ) -> None:
