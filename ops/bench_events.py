@@ -9,6 +9,8 @@ Against a scratch database and a real server process on 127.0.0.1:
 2. **Lesson appends alone**: `--writers` writers in a separate process append lesson events
    one at a time (as a generator does: optimistic, expected seq) for `--seconds`.
 3. **Both at once**: the two together; the drop of each against running alone.
+4. **Control**: the lesson appends beside one busy loop per core (CPU and nothing else), so
+   the drop in 3 can be read against what any load that fills the machine costs them.
 
 Progress goes to stderr; the figures to stdout, ending with a one-line summary.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -136,6 +139,14 @@ def start_appender(db_url: str, writers: int, seconds: float) -> subprocess.Pope
     )
 
 
+def busy_loops() -> list[subprocess.Popen[bytes]]:
+    """One spinning process per core: load that takes CPU and touches nothing else."""
+    return [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+
+
 def appender_rate(proc: subprocess.Popen[str]) -> float:
     out, _ = proc.communicate(timeout=600)
     return float(out.strip().splitlines()[-1])
@@ -190,6 +201,16 @@ async def run(args: argparse.Namespace, db_url: str) -> dict[str, float]:
             srv.base, args.clients, args.batch, args.seconds
         )
         out["append_with_ingest_events_s"] = appender_rate(proc)
+    say("control: lesson appends beside one busy loop per core")
+    loops = busy_loops()
+    try:
+        out["append_with_busy_loops_events_s"] = appender_rate(
+            start_appender(db_url, args.writers, args.seconds)
+        )
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
     return out
 
 
@@ -202,13 +223,15 @@ def cmd_bench_events(args: argparse.Namespace, settings: Settings) -> int:
         figures = asyncio.run(run(args, db))
     for name, value in figures.items():
         print(f"{name:32s} {value:10.0f}")
-    drop = 1 - figures["append_with_ingest_events_s"] / figures["append_alone_events_s"]
+    alone = figures["append_alone_events_s"]
+    drop = 1 - figures["append_with_ingest_events_s"] / alone
+    control = 1 - figures["append_with_busy_loops_events_s"] / alone
     print(
         f"summary: {figures['ingest_alone_events_s']:.0f} client events/s at {args.clients} "
-        f"clients (batches of {args.batch}); lesson appends "
-        f"{figures['append_alone_events_s']:.0f}/s alone, "
-        f"{figures['append_with_ingest_events_s']:.0f}/s during ingestion "
-        f"({drop:.0%} lower) ({time.perf_counter() - started:.0f} s)"
+        f"clients (batches of {args.batch}); lesson appends {alone:.0f}/s alone, "
+        f"{figures['append_with_ingest_events_s']:.0f}/s during ingestion ({drop:.0%} lower; "
+        f"{control:.0%} lower beside {os.cpu_count()} busy loops) "
+        f"({time.perf_counter() - started:.0f} s)"
     )
     return 0
 
