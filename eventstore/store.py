@@ -377,24 +377,26 @@ class EventStore:
     async def _insert_shared(self, waiting: Sequence[_Waiting]) -> dict[str, StoredEvent]:
         """One INSERT for several callers' single events; the events that landed, by id.
         Raises UniqueKeyTaken if any row's key was taken (then nothing landed)."""
+        # The vault rows of the events that land go in the same statement.
+        vault = [row for w in waiting for row in w.sealed.rows]
         if len(waiting) == 1:
             w = waiting[0]
-            query, params = _append_statement(
-                w.lesson_id, [w.event], w.expected_seq, [w.payload], [w.metadata]
-            )
+            if vault:
+                query, params = _kept_statement(
+                    w.lesson_id, [w.event], [], w.expected_seq, [w.payload], [w.metadata], vault
+                )
+            else:
+                query, params = _append_statement(
+                    w.lesson_id, [w.event], w.expected_seq, [w.payload], [w.metadata]
+                )
+        elif vault:
+            query = _Q["append_shared_kept"]
+            params = {**_shared_params(waiting), "vault": personal.document(vault)}
         else:
             query, params = _Q["append_shared"], _shared_params(waiting)
-        vault = [row for w in waiting for row in w.sealed.rows]
         with translate_errors():
-            async with (
-                self._connection() as conn,
-                conn.transaction() if vault else contextlib.nullcontext(),
-            ):
-                cur = await conn.execute(query, params)
-                rows = await cur.fetchall()
-                # The vault rows of the events that landed, in the same commit.
-                landed_ids = {r[0] for r in rows}
-                await personal.keep(conn, [v for v in vault if v.event_id in landed_ids])
+            async with self._connection() as conn:
+                rows = await (await conn.execute(query, params)).fetchall()
         by_id = {w.event.id: w for w in waiting}
         landed = {}
         for id, lesson_seq, ts in rows:

@@ -48,8 +48,9 @@ async def test_a_stale_append_fails_alone_and_a_retry_returns_the_stored_event(
     again = partial(1)
     first = await store.append(retried, [again], expected_seq=0)
     fresh = [f"fresh-{run}-{i}" for i in range(10)]
+    refused = partial(2)
     outcomes = await asyncio.gather(
-        store.append(taken, [partial(2)], expected_seq=0),  # stale: seq 1 is taken
+        store.append(taken, [refused], expected_seq=0),  # stale: seq 1 is taken
         store.append(retried, [again], expected_seq=0),  # the same event again
         *(store.append(lesson, [partial(3)], expected_seq=0) for lesson in fresh),
         return_exceptions=True,
@@ -62,3 +63,11 @@ async def test_a_stale_append_fails_alone_and_a_retry_returns_the_stored_event(
     assert all(isinstance(r, list) and r[0].lesson_seq == 1 for r in landed)
     for lesson in (taken, retried, *fresh):
         assert [e.lesson_seq async for e in store.read_lesson(lesson)] == [1]
+    # The vault rows go in the shared statement with the events, only for those that landed.
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE event_id = %s),"
+            " count(*) FILTER (WHERE event_id = ANY(%s)) FROM personal_data",
+            (refused.id, [r[0].id for r in landed if isinstance(r, list)]),
+        )
+        assert await cur.fetchone() == (0, len(fresh))

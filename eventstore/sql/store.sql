@@ -102,6 +102,35 @@ WHERE e.expected_seq = 0
 ORDER BY e.n
 RETURNING id, lesson_seq, ts::text;
 
+-- name: append_shared_kept
+-- append_shared, with the vault rows (eventstore/personal.py) of the events that land, in
+-- the same statement: one round trip and one commit in autocommit, where a transaction
+-- around the INSERT and a second one for the vault took four.
+WITH landed AS (
+  INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
+                      payload_json, metadata_json)
+  SELECT e.id, e.session_id, e.lesson_id, e.expected_seq + 1, e.type, e.type_version,
+         e.payload::jsonb, e.metadata::jsonb
+  FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(lesson_ids)s::text[],
+              %(expected_seqs)s::int[], %(types)s::text[], %(versions)s::smallint[],
+              %(payloads)s::text[], %(metadata)s::text[])
+       WITH ORDINALITY AS e(id, session_id, lesson_id, expected_seq, type, type_version,
+                            payload, metadata, n)
+  WHERE e.expected_seq = 0
+     OR EXISTS (SELECT 1 FROM events AS x
+                WHERE x.lesson_id = e.lesson_id AND x.lesson_seq = e.expected_seq)
+  ORDER BY e.n
+  RETURNING id, lesson_seq, ts
+), vault AS (
+  INSERT INTO personal_data (event_id, lesson_id, user_id, fields)
+  SELECT v.event_id, v.lesson_id, v.user_id, v.fields
+  FROM jsonb_to_recordset(%(vault)s::jsonb)
+       AS v(event_id text, lesson_id text, user_id text, fields jsonb)
+  WHERE v.event_id IN (SELECT id FROM landed)
+  ON CONFLICT (event_id) DO NOTHING
+)
+SELECT id, lesson_seq, ts::text FROM landed;
+
 -- name: append_lesson_at_end
 -- A batch that depends on no lesson state (a narration clip's audio.ready) lands after
 -- whatever the log holds, in one statement. Two writers that read the same head in the same
