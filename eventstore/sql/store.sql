@@ -98,7 +98,8 @@ FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(lesson_ids)s::text[],
                           payload, metadata, n)
 WHERE e.expected_seq = 0
    OR EXISTS (SELECT 1 FROM events AS x
-              WHERE x.lesson_id = e.lesson_id AND x.lesson_seq = e.expected_seq)
+              WHERE x.lesson_id = e.lesson_id AND x.lesson_seq = e.expected_seq
+              OFFSET 0)  -- see append_shared_kept
 ORDER BY e.n
 RETURNING id, lesson_seq, ts::text;
 
@@ -106,6 +107,12 @@ RETURNING id, lesson_seq, ts::text;
 -- append_shared, with the vault rows (eventstore/personal.py) of the events that land, in
 -- the same statement: one round trip and one commit in autocommit, where a transaction
 -- around the INSERT and a second one for the vault took four.
+-- OFFSET 0 keeps each row's guard an index probe. Without it the planner may answer the
+-- OR'ed EXISTS with a hash of the whole events table (a "hashed SubPlan"), which it
+-- prefers while the table is new and its statistics say empty, and a connection's
+-- prepared statement kept that plan: every shared append scanned the whole log, 3,000
+-- appends/s instead of 8,000 in the first minute of a new database (until autovacuum's
+-- ANALYZE invalidated the plan). An EXISTS with an OFFSET is never turned into a hash.
 WITH landed AS (
   INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
                       payload_json, metadata_json)
@@ -118,7 +125,8 @@ WITH landed AS (
                             payload, metadata, n)
   WHERE e.expected_seq = 0
      OR EXISTS (SELECT 1 FROM events AS x
-                WHERE x.lesson_id = e.lesson_id AND x.lesson_seq = e.expected_seq)
+                WHERE x.lesson_id = e.lesson_id AND x.lesson_seq = e.expected_seq
+                OFFSET 0)
   ORDER BY e.n
   RETURNING id, lesson_seq, ts
 ), vault AS (
