@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from eventstore import store as store_module
 from eventstore.errors import WrongExpectedSeq
+from eventstore.queries import load_queries
 from eventstore.store import EventStore, StoredEvent
 from tests.logkit import partial
 
@@ -71,3 +75,30 @@ async def test_a_stale_append_fails_alone_and_a_retry_returns_the_stored_event(
             (refused.id, [r[0].id for r in landed if isinstance(r, list)]),
         )
         assert await cur.fetchone() == (0, len(fresh))
+
+
+@pytest.mark.parametrize("name", ["append_shared", "append_shared_kept"])
+def test_each_rows_guard_is_an_index_probe_even_on_a_new_database(db_url: str, name: str) -> None:
+    """A new database's statistics say the log is empty, and a prepared statement keeps its
+    generic plan: a guard answered by hashing the whole log would scan it on every append."""
+    queries = load_queries(Path(store_module.__file__).parent / "sql" / "store.sql")
+    params = {
+        "ids": ["e1", "e2"],
+        "session_ids": ["s", "s"],
+        "lesson_ids": ["L1", "L2"],
+        "expected_seqs": [3, 0],
+        "types": ["beat.partial"] * 2,
+        "versions": [1, 1],
+        "payloads": ["{}", "{}"],
+        "metadata": ["{}", "{}"],
+        "vault": "[]",
+    }
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute("EXPLAIN (COSTS OFF) " + queries[name], params).fetchall()
+        )
+        conn.rollback()
+    assert "hashed SubPlan" not in plan
+    assert "Index Only Scan using events_lesson_seq_key" in plan
