@@ -10,8 +10,10 @@ events then read with those fields erased (`events.from_payload` fills them in),
 personal is left in the database to read. docs/privacy.md says why this and not
 crypto-shredding.
 
-The store calls `seal` on append and `restore` on read, and writes the vault rows `seal`
-made in the append's own commit (with `keep`, or in its INSERT from `document`).
+The store calls `seal` on append and writes the vault rows `seal` made in the append's own
+commit (with `keep`, or in its INSERT from `document`); every read statement of the store
+selects an event's vault fields beside it (eventstore/sql/store.sql), and StoredEvent merges
+them into the payload when it is first read.
 """
 
 from __future__ import annotations
@@ -149,16 +151,6 @@ def reveal(events: Sequence[E], personal: Mapping[str, Mapping[str, Any]]) -> li
             event = event.with_payload({**event.payload, **fields})
         out.append(event)
     return out
-
-
-async def restore(conn: Conn, events: Sequence[E]) -> list[E]:
-    """Read back the personal fields of the events whose type has any (one query)."""
-    ids = [e.id for e in events if personal_fields(e.type)]
-    if not ids:
-        return list(events)
-    cur = await conn.execute(_Q["recall"], {"event_ids": ids})
-    found = {event_id: fields for event_id, fields in await cur.fetchall()}
-    return reveal(events, found)
 
 
 async def forget(conn: Conn, user_id: str, lesson_ids: Sequence[str]) -> int:

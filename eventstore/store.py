@@ -112,6 +112,7 @@ class StoredEvent:
     __slots__ = (
         "_metadata",
         "_payload",
+        "_personal",
         "_ts",
         "id",
         "lesson_id",
@@ -134,6 +135,7 @@ class StoredEvent:
         payload: dict[str, Any] | str | bytes,
         metadata: dict[str, Any] | str | bytes,
         ts: datetime | str | int,  # int: microseconds since 2000-01-01 UTC (Postgres' epoch)
+        personal: str | bytes | None = None,  # vault fields as text, merged into the payload
     ) -> None:
         self.id: Final = id
         self.position: Final = position
@@ -142,9 +144,13 @@ class StoredEvent:
         self.session_id: Final = session_id
         self.type: Final = type
         self.type_version: Final = type_version
+        if personal is not None and isinstance(payload, dict):
+            payload = {**payload, **orjson.loads(personal)}
+            personal = None
         self._payload = payload
         self._metadata = metadata
         self._ts = ts
+        self._personal = personal
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -152,6 +158,9 @@ class StoredEvent:
         if isinstance(value, dict):
             return value
         decoded: dict[str, Any] = orjson.loads(value)
+        if self._personal is not None:  # its personal fields, read from the vault
+            decoded.update(orjson.loads(self._personal))
+            self._personal = None
         self._payload = decoded
         return decoded
 
@@ -228,11 +237,9 @@ async def _fetch_events(
     conn: AsyncConnection[Any],
     query: LiteralString,
     params: Mapping[str, Any],
-    *,
-    restore: bool = True,
 ) -> list[StoredEvent]:
-    """Run a query selecting stored-event columns (store.sql) and build the events, with
-    their personal fields read back unless `restore` is False.
+    """Run a query selecting stored-event columns (store.sql, the vault's fields among
+    them) and build the events.
 
     Binary format, with ts loaded as its raw int8 (microseconds since 2000-01-01 UTC): every
     column then goes through one of psycopg's C loaders, and StoredEvent converts ts only if
@@ -241,8 +248,7 @@ async def _fetch_events(
     cur = conn.cursor(binary=True)
     cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
     await cur.execute(query, params)
-    events = list(starmap(StoredEvent, await cur.fetchall()))
-    return await personal.restore(conn, events) if restore else events
+    return list(starmap(StoredEvent, await cur.fetchall()))
 
 
 AppendListener = Callable[[Sequence[StoredEvent]], None]
@@ -273,7 +279,7 @@ async def read_types_page(
     cur = await conn.execute(_Q["read_types_page"], params)
     # Decoded columns (jsonb, timestamptz): projections touch every payload, so decoding
     # lazily would save them nothing.
-    return await personal.restore(conn, list(starmap(StoredEvent, await cur.fetchall())))
+    return list(starmap(StoredEvent, await cur.fetchall()))
 
 
 async def model_spend_since(conn: AsyncConnection[Any], since: datetime) -> Decimal:
@@ -548,15 +554,15 @@ class EventStore:
         a restore, or a failover to a replica that had not received it).
 
         For a reader that already knows the lesson up to `seq` (a cached fold): one statement
-        when little is new, and the known event's personal fields are not read back.
+        when little is new.
         """
         params = {"lesson_id": lesson_id, "after_seq": seq - 1, "limit": page_size + 1}
         with translate_errors():
             async with self._connection() as conn:
-                page = await _fetch_events(conn, _Q["read_lesson"], params, restore=False)
-                if not page or page[0].id != event_id:
-                    return None
-                newer = await personal.restore(conn, page[1:])
+                page = await _fetch_events(conn, _Q["read_lesson"], params)
+        if not page or page[0].id != event_id:
+            return None
+        newer = page[1:]
         if len(page) > page_size:
             newer.extend([e async for e in self.read_lesson(lesson_id, _seq(newer[-1]))])
         return newer

@@ -8,9 +8,6 @@ FROM unnest(%(event_ids)s::text[], %(lesson_ids)s::text[], %(user_ids)s::text[],
             %(fields)s::text[]) AS v(event_id, lesson_id, user_id, fields)
 ON CONFLICT (event_id) DO NOTHING;
 
--- name: recall
-SELECT event_id, fields FROM personal_data WHERE event_id = ANY(%(event_ids)s::text[]);
-
 -- name: forget
 -- Erase: the personal rows of these lessons and of this user's session-level events.
 DELETE FROM personal_data

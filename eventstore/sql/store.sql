@@ -1,6 +1,8 @@
 -- The event store's queries. Columns of a stored event, in StoredEvent field order:
 -- id, position, lesson_id, lesson_seq, session_id, type, type_version, payload_json,
--- metadata_json, ts. Reads run in binary format (EventStore._fetch_events): payload and
+-- metadata_json, ts, and its personal fields from the vault (eventstore/personal.py; NULL
+-- for none), read by the same statement: one index probe per event in the database, where
+-- a second query per page cost more than the page's own read. Reads run in binary format (EventStore._fetch_events): payload and
 -- metadata are cast to text and ts arrives as its raw microsecond count, all through
 -- psycopg's C loaders; StoredEvent decodes the three on first access (most readers never
 -- touch them). A jsonb or timestamptz loader would cost a Python-level call per value.
@@ -179,37 +181,41 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id, lesson_seq, ts::text;
 
 -- name: events_by_id
-SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json::text, metadata_json::text, ts
-FROM events WHERE id = ANY(%(ids)s::text[]);
+SELECT e.id, e.position, e.lesson_id, e.lesson_seq, e.session_id, e.type, e.type_version,
+       e.payload_json::text, e.metadata_json::text, e.ts,
+       (SELECT p.fields::text FROM personal_data AS p WHERE p.event_id = e.id)
+FROM events AS e WHERE e.id = ANY(%(ids)s::text[]);
 
 -- name: lesson_head
 SELECT coalesce(max(lesson_seq), 0) FROM events WHERE lesson_id = %(lesson_id)s;
 
 -- name: read_lesson
-SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json::text, metadata_json::text, ts
-FROM events
-WHERE lesson_id = %(lesson_id)s AND lesson_seq > %(after_seq)s
-ORDER BY lesson_seq
+SELECT e.id, e.position, e.lesson_id, e.lesson_seq, e.session_id, e.type, e.type_version,
+       e.payload_json::text, e.metadata_json::text, e.ts,
+       (SELECT p.fields::text FROM personal_data AS p WHERE p.event_id = e.id)
+FROM events AS e
+WHERE e.lesson_id = %(lesson_id)s AND e.lesson_seq > %(after_seq)s
+ORDER BY e.lesson_seq
 LIMIT %(limit)s;
 
 -- name: read_lessons
 -- Whole logs of several lessons at once (a batch of subscriptions' catch-up reads).
-SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json::text, metadata_json::text, ts
-FROM events
-WHERE lesson_id = ANY(%(lesson_ids)s::text[]) AND lesson_seq IS NOT NULL
-ORDER BY lesson_id, lesson_seq;
+SELECT e.id, e.position, e.lesson_id, e.lesson_seq, e.session_id, e.type, e.type_version,
+       e.payload_json::text, e.metadata_json::text, e.ts,
+       (SELECT p.fields::text FROM personal_data AS p WHERE p.event_id = e.id)
+FROM events AS e
+WHERE e.lesson_id = ANY(%(lesson_ids)s::text[]) AND e.lesson_seq IS NOT NULL
+ORDER BY e.lesson_id, e.lesson_seq;
 
 -- name: read_all
-SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json::text, metadata_json::text, ts
-FROM events
-WHERE position > %(after)s
-  AND (%(type)s::text IS NULL OR type = %(type)s::text)
-  AND (%(lesson_id)s::text IS NULL OR lesson_id = %(lesson_id)s::text)
-ORDER BY position
+SELECT e.id, e.position, e.lesson_id, e.lesson_seq, e.session_id, e.type, e.type_version,
+       e.payload_json::text, e.metadata_json::text, e.ts,
+       (SELECT p.fields::text FROM personal_data AS p WHERE p.event_id = e.id)
+FROM events AS e
+WHERE e.position > %(after)s
+  AND (%(type)s::text IS NULL OR e.type = %(type)s::text)
+  AND (%(lesson_id)s::text IS NULL OR e.lesson_id = %(lesson_id)s::text)
+ORDER BY e.position
 LIMIT %(limit)s;
 
 -- name: head_position
@@ -223,11 +229,12 @@ SELECT numbered, head FROM events_sequence(%(key)s, %(limit)s, %(channel)s);
 -- name: read_types_page
 -- Events of some types in (after, upto], in position order (projections read in their own
 -- transaction, against a head they read first).
-SELECT id, position, lesson_id, lesson_seq, session_id, type, type_version,
-       payload_json, metadata_json, ts
-FROM events
-WHERE position > %(after)s AND position <= %(upto)s AND type = ANY(%(types)s::text[])
-ORDER BY position
+SELECT e.id, e.position, e.lesson_id, e.lesson_seq, e.session_id, e.type, e.type_version,
+       e.payload_json, e.metadata_json, e.ts,
+       (SELECT p.fields::text FROM personal_data AS p WHERE p.event_id = e.id)
+FROM events AS e
+WHERE e.position > %(after)s AND e.position <= %(upto)s AND e.type = ANY(%(types)s::text[])
+ORDER BY e.position
 LIMIT %(limit)s;
 
 -- name: model_spend_since
