@@ -25,7 +25,7 @@ from eventstore.batching import Batcher
 from eventstore.database import Pool, autocommit
 from eventstore.errors import translate_errors
 from eventstore.events import OverQuotaHit
-from eventstore.store import EventMeta, EventStore, NewEvent, model_spend_since
+from eventstore.store import EventMeta, EventStore, NewEvent, SpendTally, model_spend_since
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,17 @@ def full_for_the_day(now: datetime) -> OverQuota:
     )
 
 
-async def spend_status(pool: Pool, cap_usd: Decimal, forced: bool = False) -> SpendStatus:
+async def spend_status(
+    pool: Pool, cap_usd: Decimal, forced: bool = False, tally: SpendTally | None = None
+) -> SpendStatus:
+    """Today's spend and the flag; with `tally`, the spend from its running total."""
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     with translate_errors():
         async with autocommit(pool) as conn:  # two reads: no transaction around them
-            spent = await model_spend_since(conn, midnight)
+            if tally is None:
+                spent = await model_spend_since(conn, midnight)
+            else:
+                spent = await tally.spent(conn, midnight)
             flag, reason = await flags.get_flag(conn, flags.OVER_QUOTA)
     return SpendStatus(spent, cap_usd, flag, reason, forced)
 
@@ -78,11 +84,14 @@ async def spend_status(pool: Pool, cap_usd: Decimal, forced: bool = False) -> Sp
 class SpendChecks:
     """`spend_status` for a process's requests: the checks asked for while one is being read
     share the next read (eventstore/batching.py). Each still sees every spend and flag
-    change committed before it asked: no read that began earlier is shared with it."""
+    change committed before it asked: no read that began earlier is shared with it. The
+    day's spend is a running total (SpendTally): a check reads only the model runs recorded
+    since the last one, however busy the day has been."""
 
     def __init__(self, pool: Pool, cap_usd: Decimal) -> None:
         self.pool = pool
         self.cap_usd = cap_usd
+        self._tally = SpendTally()  # read by one batch at a time (concurrency 1)
         self._reads: Batcher[str, SpendStatus] = Batcher(
             self._read, concurrency=1, name="spend-check"
         )
@@ -95,7 +104,8 @@ class SpendChecks:
         return self._reads.batches
 
     async def _read(self, keys: Sequence[str]) -> dict[str, SpendStatus]:
-        return dict.fromkeys(keys, await spend_status(self.pool, self.cap_usd))
+        status = await spend_status(self.pool, self.cap_usd, tally=self._tally)
+        return dict.fromkeys(keys, status)
 
     async def aclose(self) -> None:
         await self._reads.aclose()

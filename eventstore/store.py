@@ -287,6 +287,35 @@ async def model_spend_since(conn: AsyncConnection[Any], since: datetime) -> Deci
     return Decimal(row[0]) if row else Decimal(0)
 
 
+class SpendTally:
+    """What the model runs recorded since a time cost, kept as a running total.
+
+    `model_spend_since` sums every run of the day on each call, so a check costs more with
+    every run the day has seen; a tally reads, after its first call, only the runs numbered
+    since its last one and those not numbered yet (model_spend_tally in store.sql). One
+    caller at a time (a Batcher of concurrency 1 in commands/spendcap.py).
+    """
+
+    def __init__(self) -> None:
+        self._since: datetime | None = None
+        self._counted = Decimal(0)  # numbered runs since `_since`, up to `_head`
+        self._head: int | None = None
+
+    async def spent(self, conn: AsyncConnection[Any], since: datetime) -> Decimal:
+        if since != self._since:  # a new day (or the first call): count it from the start
+            self._since, self._counted, self._head = since, Decimal(0), None
+        params = {"since": since, "after": self._head}
+        row = await (await conn.execute(_Q["model_spend_tally"], params)).fetchone()
+        numbered, pending, head = (Decimal(0), Decimal(0), 0) if row is None else row
+        if self._head is not None and head < self._head:
+            # The log went back (a restore, or a failover to a replica behind): count again.
+            self._counted, self._head = Decimal(0), None
+            return await self.spent(conn, since)
+        self._counted += Decimal(numbered)
+        self._head = int(head)
+        return self._counted + Decimal(pending)
+
+
 class EventStore:
     """Appends and reads events through a connection pool; never holds a connection idle."""
 

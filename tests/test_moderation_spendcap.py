@@ -8,6 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from commands import moderation, spendcap
@@ -15,7 +17,7 @@ from commands.errors import ModelUnavailable, OverQuota, RateLimited, Refused
 from commands.providers import ProviderConfig, Result, Verdict
 from commands.providers.offline import OfflineProvider
 from eventstore.events import ModelRunRecorded
-from eventstore.store import EventMeta, EventStore, NewEvent
+from eventstore.store import EventMeta, EventStore, NewEvent, model_spend_since
 from tests.guarded_app import OUTAGE_TOPIC, THROTTLE_TOPIC, ScriptedProvider
 
 pytestmark = pytest.mark.anyio
@@ -134,3 +136,40 @@ async def test_checks_made_together_share_a_read_and_each_sees_what_was_set_befo
     assert not (await checks.status()).full
     assert checks.reads == 4
     await checks.aclose()
+
+
+_SPEND_STEP = st.one_of(
+    st.tuples(st.just("run"), st.integers(0, 500)),  # a model run costing n/1000 dollars
+    st.tuples(st.just("number"), st.just(0)),  # a sequencer pass
+    st.tuples(st.just("check"), st.just(0)),
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(steps=st.lists(_SPEND_STEP, min_size=1, max_size=20))
+async def test_the_running_total_always_equals_the_whole_days_sum(
+    pool: AsyncConnectionPool[Any], steps: list[tuple[str, int]]
+) -> None:
+    """Checks read only what is new since the last one (SpendTally), yet each sees exactly
+    the sum of every run of the day so far, numbered or not yet: nothing counted twice as
+    runs get their positions between checks, nothing missed."""
+    store = EventStore(pool)
+    checks = spendcap.SpendChecks(pool, Decimal(10**9))
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        for kind, cost in [*steps, ("check", 0)]:
+            if kind == "run":
+                run = ModelRunRecorded("r", "haiku-4-5", "ask", 1, 1, cost / 1000, 1, "ok", "t")
+                await store.append_unordered([NewEvent.of(run, META)])
+            elif kind == "number":
+                await store.sequence()
+            else:
+                async with pool.connection() as conn:
+                    whole = await model_spend_since(conn, midnight)
+                assert (await checks.status()).spent_usd == whole
+    finally:
+        await checks.aclose()

@@ -243,3 +243,28 @@ LIMIT %(limit)s;
 SELECT coalesce(sum((payload_json ->> 'cost_usd')::numeric), 0)
 FROM events
 WHERE type = 'model_run.recorded' AND ts >= %(since)s;
+
+-- name: model_spend_tally
+-- The same, as a running total (eventstore/store.SpendTally) can keep it: the cost of the
+-- numbered runs since `since` with a position after `after` (all of them when `after` is
+-- NULL, found by time), the cost of the runs not numbered yet, and the log's head, all in
+-- one snapshot. A position is never given below the head, so the runs counted here are
+-- never counted again, and the runs still unnumbered are counted, not kept, until they are.
+WITH runs AS (
+  SELECT position, (payload_json ->> 'cost_usd')::numeric AS cost
+  FROM events
+  WHERE type = 'model_run.recorded' AND ts >= %(since)s AND %(after)s::bigint IS NULL
+  UNION ALL
+  SELECT position, (payload_json ->> 'cost_usd')::numeric
+  FROM events
+  WHERE type = 'model_run.recorded' AND ts >= %(since)s AND position > %(after)s::bigint
+  UNION ALL
+  SELECT position, (payload_json ->> 'cost_usd')::numeric
+  FROM events
+  WHERE position IS NULL AND type = 'model_run.recorded' AND ts >= %(since)s
+    AND %(after)s::bigint IS NOT NULL
+)
+SELECT coalesce(sum(cost) FILTER (WHERE position IS NOT NULL), 0),
+       coalesce(sum(cost) FILTER (WHERE position IS NULL), 0),
+       (SELECT coalesce(max(position), 0) FROM events)
+FROM runs;
