@@ -18,6 +18,7 @@ counts, not the proxy.
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
@@ -101,9 +102,10 @@ class Metrics:
         )
 
     def count_appended(self, stored: Sequence[StoredEvent]) -> None:
-        """EventStore listener: called after each append commits."""
-        for event in stored:
-            self.events_appended.labels(type=event.type).inc()
+        """EventStore listener: called after each append commits. One increment per type in
+        the batch: a label lookup per event was 5 % of the server's time under ingestion."""
+        for type_, n in collections.Counter(event.type for event in stored).items():
+            self.events_appended.labels(type=type_).inc(n)
 
     def watch_generations(self, count: Callable[[], int]) -> None:
         self.generating.set_function(lambda: float(count()))
