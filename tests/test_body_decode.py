@@ -15,7 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from commands.errors import InvalidInput
-from web.body import FORBIDDEN_CHARACTERS, check_json, decode_object, whole_numbers
+from web.body import (
+    FORBIDDEN_CHARACTERS,
+    MAX_DEPTH,
+    _breaks_a_rule,
+    _refuse_where,
+    check_json,
+    decode_object,
+    whole_numbers,
+)
 
 # Text that often holds a forbidden character (one of FORBIDDEN_CHARACTERS' ranges) among
 # ordinary ones.
@@ -72,3 +80,25 @@ def test_a_forbidden_character_is_refused_raw_and_escaped() -> None:
             json.dumps({"a": {"b": char}}).encode(),
         ):
             assert fast(raw) == "refused a.b"
+
+
+def _nested(value: Any, depth: int) -> Any:
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@given(_json, st.integers(0, MAX_DEPTH + 3), st.booleans())
+def test_the_pathless_walk_finds_a_break_exactly_when_the_naming_walk_does(
+    value: Any, depth: int, strings: bool
+) -> None:
+    """check_json first walks without paths and walks again, naming the field, only when
+    that walk found something: the two must agree on every value."""
+    value = _nested(value, depth)
+    try:
+        _refuse_where(value, strings)
+    except InvalidInput:
+        refused = True
+    else:
+        refused = False
+    assert _breaks_a_rule(value, strings) == refused
