@@ -194,6 +194,13 @@ class ErasedAssets:
         folder, ext = FOLDERS[type]
         self.keys[content_hash] = object_key(folder, content_hash, ext)
 
+    def add_spoken(self, url: object, text: object) -> None:
+        """A clip named by its URL whose narration text is known (a spoken answer): found
+        under whatever voice made it, and kept while another lesson says the same words."""
+        key = self.add_url(url)
+        if key is not None and isinstance(text, str) and text.strip():
+            self.texts[_split_key(key)] = text
+
     def add_clip(self, text: object, voice_id: str) -> None:
         """The narration clip of `text` (contracts §5: sha256(text + voice_id))."""
         if isinstance(text, str) and text.strip():

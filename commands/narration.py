@@ -25,7 +25,6 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
 
 import structlog
 
@@ -273,23 +272,3 @@ def open_narrator(settings: Settings, assets: Assets, store: EventStore) -> Narr
     return Narrator(
         assets, open_tts(settings), store, settings.tts_voice_id, settings.tts_plan_wait_s
     )
-
-
-class HasNarrator(Protocol):
-    @property
-    def narrator(self) -> Narrator: ...
-
-
-async def narrate(
-    deps: HasNarrator,
-    text: str,
-    meta: EventMeta,
-    *,
-    lesson_id: str | None = None,
-    beat_ord: int | None = None,
-) -> str | None:
-    """An answer's (or any text's) narration: the clip's URL, or None when narration is off
-    or failed. Cached forever by sha256(text + voice_id); a synthesis is recorded as a tts
-    model run in the lesson's log (session-level without a lesson). Never raises for a TTS
-    failure, so a caller's answer never fails for want of audio."""
-    return await deps.narrator.narrate(text, meta, lesson_id=lesson_id, beat_ord=beat_ord)

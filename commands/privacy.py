@@ -99,8 +99,9 @@ def lesson_assets(
 
     The log records a diagram's, simulation's and make-me output's URL in the
     interaction's response, a beat's clip in `beat.completed` or `audio.ready`, and an ask
-    answer's narration text (its clip is sha256(text + voice_id), contracts §5, under the
-    current voice). Make-me keys are also recomputed (sha256(lesson_id + output)): an
+    answer's clip in its response (`audio_url`; before that was recorded, the clip is
+    found from the narration text, sha256(text + voice_id), contracts §5, under the current
+    voice). Make-me keys are also recomputed (sha256(lesson_id + output)): an
     output stored by a request whose interaction was never appended is found all the same.
     """
     videos: set[str] = set()
@@ -118,6 +119,9 @@ def lesson_assets(
         elif isinstance(event, InteractionRecorded):
             response: Mapping[str, object] = event.response or {}
             if event.type == "ask" and response.get("narration_text") != ERASED_TEXT:
+                # By the URL the ask recorded (any voice), and under the current voice for
+                # answers recorded before asks logged their clip's URL.
+                into.add_spoken(response.get("audio_url"), response.get("narration_text"))
                 into.add_clip(response.get("narration_text"), voice_id)
             key = into.add_url(response.get("url"))
             if key is not None and event.type == "makeme" and response.get("output") == "video":

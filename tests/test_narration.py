@@ -181,7 +181,7 @@ async def test_narrate_for_an_answer_is_cached_and_never_raises(
 ) -> None:
     from commands.assets import Assets
     from commands.assetstore import LocalAssetStore
-    from commands.narration import Narrator, narrate
+    from commands.narration import Narrator
     from commands.tts import ElevenLabsTTS
     from eventstore.store import EventMeta, EventStore
 
@@ -189,21 +189,16 @@ async def test_narrate_for_an_answer_is_cached_and_never_raises(
     tts = ElevenLabsTTS(API_KEY, MODEL, base_url=fake_elevenlabs.base_url)
     narrator = Narrator(Assets(pool, LocalAssetStore(tmp_path)), tts, store, VOICE)
 
-    class Deps:
-        def __init__(self, narrator: Narrator) -> None:
-            self.narrator = narrator
-
-    deps = Deps(narrator)
     meta = EventMeta(trace_id="req_test")
     try:
-        first = await narrate(deps, "Springs store energy.", meta)
-        again = await narrate(deps, "Springs store energy.", meta)
+        first = await narrator.narrate("Springs store energy.", meta)
+        again = await narrator.narrate("Springs store energy.", meta)
         assert first is not None
         assert first == again
         assert len(fake_elevenlabs.requests) == 1
         assert mp3_frames((tmp_path / first.removeprefix("/assets/")).read_bytes()) > 0
         fake_elevenlabs.fail_all = True
-        assert await narrate(deps, "A new answer.", meta) is None
+        assert await narrator.narrate("A new answer.", meta) is None
     finally:
         await narrator.aclose()
     async with pool.connection() as conn:

@@ -178,6 +178,10 @@ async def test_purge_deletes_the_students_assets_and_keeps_the_shared_clips(
         assert not own_beats & shared_beats
         own_answer = ask(victim, first, "Why does my kettle whistle?")
         shared_answer = ask(victim, first, "What is a spring constant?")
+        # Each ask records its clip's URL (the purge finds it under any voice).
+        listed = victim.get(f"/v1/lesson/{first}").json()["interactions"]
+        spoken = {i["response"].get("audio_url") for i in listed if i["type"] == "ask"}
+        assert spoken == {own_answer, shared_answer}
         assert ask(bystander, theirs, "What is a spring constant?") == shared_answer
         r = victim.post(f"/v1/lesson/{first}/visualize", json={"beat_ord": 2, "request": "x"})
         assert r.status_code == 200, r.text
@@ -397,3 +401,31 @@ async def test_who_still_uses_a_clip(
         hash_of(urls[in_a_video]),
         hash_of(urls[answered]),
     }
+
+
+async def test_an_answer_spoken_under_an_earlier_voice_is_erased_too(
+    pool: AsyncConnectionPool[Any], db_url: str, tmp_path: Path
+) -> None:
+    """A spoken answer's clip is named by the URL its ask recorded, so the purge finds it
+    whatever voice the service has moved on to (recomputing sha256(text + voice) under the
+    current voice would miss it)."""
+    local = LocalAssetStore(tmp_path / "assets")
+    assets = Assets(pool, local)
+    answered = "Because the spring pulls back."
+    answer_url = await clip(assets, answered)  # made under VOICE
+    asked = InteractionRecorded(
+        new_id(),
+        "ask",
+        {"question": "why?"},
+        {"text": answered, "narration_text": answered, "audio_url": answer_url},
+        1,
+    )
+    user_id, lesson_id = await a_lesson(pool, [asked])
+    await delete_user(pool, user_id, lesson_id)
+    settings = make_settings(home=tmp_path, tts_voice_id="a-newer-voice")
+
+    report = await purge(pool, EventStore(pool), settings, 0, objects=local)
+
+    assert (report.asset_rows, report.files) == (1, 1)
+    assert not await local.exists(key_of(answer_url))
+    assert rows_of(db_url, {hash_of(answer_url)}) == set()

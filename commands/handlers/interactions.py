@@ -57,7 +57,6 @@ from commands.lesson_model import (
     student_position,
 )
 from commands.messages import Adjust, Ask, Attempt, Caller, IteratePlan, Whiteboard
-from commands.narration import narrate
 from commands.plan import beat_cache_key, output_texts, plan_request
 from commands.providers import Adjustment, Drawing, Grade, ModelRun, PlanRequest, Result, Tier
 from commands.ratelimit import Bucket
@@ -244,18 +243,27 @@ async def ask(cmd: Ask, deps: Deps) -> AskAnswer:
             passed,
         )
         answer = AskAnswer(new_id(), result.value, narration_of(result.value))
+        # Spoken before the answer is stored, so that the interaction names its clip (the
+        # purge then finds it under whatever voice made it). A TTS failure never fails the
+        # ask; its run is recorded with the answer.
+        try:
+            spoken = await deps.narrator.clip(answer.narration_text, caller.trace_id)
+        except BaseException:  # cancelled: the answer's model calls still cost money
+            await asyncio.shield(_record_failed_runs(deps, caller, lesson_id, result.runs))
+            raise
+        response = {"text": answer.text, "narration_text": answer.narration_text}
+        if spoken.url is not None:
+            response["audio_url"] = spoken.url
         interaction = InteractionRecorded(
             interaction_id=answer.interaction_id,
             type="ask",
             payload={"question": data.question},
-            response={"text": answer.text, "narration_text": answer.narration_text},
+            response=response,
             beat_ord=ord,
         )
-        await _record(deps, caller, state, interaction, _runs(result, caller, ord), passed)
-    # Spoken after the answer is stored (a TTS failure never fails the ask; the clip's run
-    # is recorded in the lesson's log).
-    audio_url = await narrate(deps, answer.narration_text, caller.meta(), lesson_id=lesson_id)
-    return dataclasses.replace(answer, audio_url=audio_url)
+        runs = [*_runs(result, caller, ord), *([spoken.run] if spoken.run else [])]
+        await _record(deps, caller, state, interaction, runs, passed)
+    return dataclasses.replace(answer, audio_url=spoken.url)
 
 
 # ---- POST /v1/lesson/{id}/attempt --------------------------------------------------------------
