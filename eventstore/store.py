@@ -424,11 +424,9 @@ class EventStore:
                 query, params = _append_statement(
                     w.lesson_id, [w.event], w.expected_seq, [w.payload], [w.metadata]
                 )
-        elif vault:
-            query = _Q["append_shared_kept"]
-            params = {**_shared_params(waiting), "vault": personal.document(vault)}
         else:
-            query, params = _Q["append_shared"], _shared_params(waiting)
+            query = _Q["append_shared"]
+            params = {**_shared_params(waiting), "vault": personal.document(vault)}
         with translate_errors():
             async with self._connection() as conn:
                 rows = await (await conn.execute(query, params)).fetchall()

@@ -88,27 +88,9 @@ RETURNING id, lesson_seq, ts::text;
 -- Single-event appends of several callers at once (EventStore's shared appends), each row
 -- with its own lesson and its own guard. A row whose guard fails is left out and its caller
 -- appends alone; a unique key taken by any row fails the statement, and then every caller
--- appends alone.
-INSERT INTO events (id, session_id, lesson_id, lesson_seq, type, type_version,
-                    payload_json, metadata_json)
-SELECT e.id, e.session_id, e.lesson_id, e.expected_seq + 1, e.type, e.type_version,
-       e.payload::jsonb, e.metadata::jsonb
-FROM unnest(%(ids)s::text[], %(session_ids)s::text[], %(lesson_ids)s::text[],
-            %(expected_seqs)s::int[], %(types)s::text[], %(versions)s::smallint[],
-            %(payloads)s::text[], %(metadata)s::text[])
-     WITH ORDINALITY AS e(id, session_id, lesson_id, expected_seq, type, type_version,
-                          payload, metadata, n)
-WHERE e.expected_seq = 0
-   OR EXISTS (SELECT 1 FROM events AS x
-              WHERE x.lesson_id = e.lesson_id AND x.lesson_seq = e.expected_seq
-              OFFSET 0)  -- see append_shared_kept
-ORDER BY e.n
-RETURNING id, lesson_seq, ts::text;
-
--- name: append_shared_kept
--- append_shared, with the vault rows (eventstore/personal.py) of the events that land, in
--- the same statement: one round trip and one commit in autocommit, where a transaction
--- around the INSERT and a second one for the vault took four.
+-- appends alone. The vault rows (eventstore/personal.py) of the events that land go in the
+-- same statement: one round trip and one commit in autocommit, where a transaction around
+-- the INSERT and a second one for the vault took four.
 -- OFFSET 0 keeps each row's guard an index probe. Without it the planner may answer the
 -- OR'ed EXISTS with a hash of the whole events table (a "hashed SubPlan"), which it
 -- prefers while the table is new and its statistics say empty, and a connection's
