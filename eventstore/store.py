@@ -388,12 +388,9 @@ class EventStore:
         (append_lesson_kept) and `in_transaction` in one commit: the batch's events, then
         those beside that were stored, or [] if a unique key was taken or expected_seq runs
         ahead of the log (then nothing is stored and `in_transaction` does not run)."""
-        if sealed.rows or beside:
-            query, params = _kept_statement(
-                lesson_id, events, beside, expected_seq, payloads, metadata, sealed.rows
-            )
-        else:
-            query, params = _append_statement(lesson_id, events, expected_seq, payloads, metadata)
+        query, params = _lesson_statement(
+            lesson_id, events, beside, expected_seq, payloads, metadata, sealed.rows
+        )
         try:
             with translate_errors():
                 async with (
@@ -416,14 +413,9 @@ class EventStore:
         vault = [row for w in waiting for row in w.sealed.rows]
         if len(waiting) == 1:
             w = waiting[0]
-            if vault:
-                query, params = _kept_statement(
-                    w.lesson_id, [w.event], [], w.expected_seq, [w.payload], [w.metadata], vault
-                )
-            else:
-                query, params = _append_statement(
-                    w.lesson_id, [w.event], w.expected_seq, [w.payload], [w.metadata]
-                )
+            query, params = _lesson_statement(
+                w.lesson_id, [w.event], [], w.expected_seq, [w.payload], [w.metadata], vault
+            )
         else:
             query = _Q["append_shared"]
             params = {**_shared_params(waiting), "vault": personal.document(vault)}
@@ -744,6 +736,22 @@ def _append_statement(
         "payloads": payloads,
         "metadata": metadata,
     }
+
+
+def _lesson_statement(
+    lesson_id: str,
+    events: Sequence[NewEvent],
+    beside: Sequence[NewEvent],
+    expected_seq: int,
+    payloads: Sequence[str],
+    metadata: Sequence[str],
+    vault: Sequence[personal.VaultRow],
+) -> tuple[LiteralString, dict[str, Any]]:
+    """The statement for a lesson's batch: with its vault rows and the events beside it when
+    it has any (append_lesson_kept), else the plain INSERT."""
+    if vault or beside:
+        return _kept_statement(lesson_id, events, beside, expected_seq, payloads, metadata, vault)
+    return _append_statement(lesson_id, events, expected_seq, payloads, metadata)
 
 
 def _kept_statement(
