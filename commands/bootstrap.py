@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from commands.analytics import OwnedLessons
 from commands.assets import Assets
 from commands.assetstore import open_asset_store
 from commands.generation import GenerationConfig, Supervisor, tier_models
@@ -42,6 +43,7 @@ class Deps:
     mailer: Mailer  # sign-in mail: SES, or the local outbox (commands/mailer.py)
     sessions: Authenticator  # who a session cookie is, requests arriving together batched
     spend: SpendChecks  # the daily cap's check, checks made together sharing one read
+    owned_lessons: OwnedLessons  # analytics batches' ownership checks, a yes kept a while
 
 
 def provider_config(settings: Settings) -> ProviderConfig:
@@ -125,6 +127,7 @@ async def open_deps(
             pool, days=settings.session_days, idle_min=settings.session_idle_min
         ),
         spend=SpendChecks(pool, settings.daily_cap_usd),
+        owned_lessons=OwnedLessons(),
     )
     built.append(deps)
     try:

@@ -8,12 +8,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 from ulid import ULID
 
-from commands.analytics import SHAPES, validate_event
-from commands.errors import InvalidInput
-from eventstore.events import CLIENT_EVENT_TYPES, EVENT_CLASSES
+from commands.analytics import SHAPES, OwnedLessons, validate_event
+from commands.errors import InvalidInput, NotFound
+from eventstore.events import CLIENT_EVENT_TYPES, EVENT_CLASSES, LessonCreated
+from eventstore.ids import new_id
+from eventstore.store import EventStore
 from tests.accounts_kit import eventually, plan, running, student
+from tests.lesson_log import append_lesson, user_and_session
 from web.error_events import Sampler
 
 VALID: dict[str, dict[str, Any]] = {
@@ -234,3 +238,33 @@ def test_an_event_id_reused_for_another_event_is_a_conflict(db_url: str, tmp_pat
         r = client.post("/v1/event", json={"events": [other]})
     assert (r.status_code, r.json()["code"]) == (409, "conflict")
     assert len(stored(db_url, "discovery.search")) == 1
+
+
+@pytest.mark.anyio
+async def test_a_lessons_owner_is_asked_of_the_log_once_and_a_stranger_every_time(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    """OwnedLessons keeps a yes for a while (a browser names the same lesson batch after
+    batch), never a no, and asks again once the yes is older than its ttl."""
+    owner, session_id = await user_and_session(pool)
+    stranger, _ = await user_and_session(pool)
+    lesson_id = new_id()
+    created = LessonCreated(session_id, owner, "physics", "springs", "hs", {})
+    await append_lesson(EventStore(pool), lesson_id, session_id, [created])
+    owned = OwnedLessons(ttl_s=3600)
+
+    for _ in range(3):
+        await owned.check(pool, owner, [lesson_id])
+    assert owned.statements == 1
+    for _ in range(2):
+        with pytest.raises(NotFound, match=lesson_id):
+            await owned.check(pool, stranger, [lesson_id])
+    assert owned.statements == 3
+    with pytest.raises(NotFound):  # one lesson of the batch is not theirs: all refused
+        await owned.check(pool, owner, [lesson_id, new_id()])
+    assert owned.statements == 4
+
+    expired = OwnedLessons(ttl_s=0)
+    await expired.check(pool, owner, [lesson_id])
+    await expired.check(pool, owner, [lesson_id])
+    assert expired.statements == 2

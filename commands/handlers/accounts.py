@@ -173,7 +173,9 @@ class ClientEventsAccepted:
 
 async def record_client_events(cmd: RecordClientEvents, deps: Deps) -> ClientEventsAccepted:
     """Validate the batch whole, append it, and end the visit on a tab-close beacon."""
-    recorded = await analytics.record(cmd.caller, cmd.body, deps.pool, deps.store)
+    recorded = await analytics.record(
+        cmd.caller, cmd.body, deps.pool, deps.store, deps.owned_lessons
+    )
     if recorded.abandoned:  # lesson.abandon: the tab is closing, this visit is over
         await end_visit(deps.pool, cmd.caller.session_id)
     return ClientEventsAccepted(recorded.accepted)
