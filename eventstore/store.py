@@ -747,24 +747,12 @@ def _lesson_statement(
     metadata: Sequence[str],
     vault: Sequence[personal.VaultRow],
 ) -> tuple[LiteralString, dict[str, Any]]:
-    """The statement for a lesson's batch: with its vault rows and the events beside it when
-    it has any (append_lesson_kept), else the plain INSERT."""
-    if vault or beside:
-        return _kept_statement(lesson_id, events, beside, expected_seq, payloads, metadata, vault)
-    return _append_statement(lesson_id, events, expected_seq, payloads, metadata)
-
-
-def _kept_statement(
-    lesson_id: str,
-    events: Sequence[NewEvent],
-    beside: Sequence[NewEvent],
-    expected_seq: int,
-    payloads: Sequence[str],
-    metadata: Sequence[str],
-    vault: Sequence[personal.VaultRow],
-) -> tuple[LiteralString, dict[str, Any]]:
-    """append_lesson_kept: a lesson's batch (payloads and metadata first), the events beside
-    it (the rest), and the vault rows of both, each as one JSON document."""
+    """The statement for a lesson's batch (payloads and metadata first, then those of the
+    events beside it): the plain INSERT, or, when it has vault rows or events beside it,
+    append_lesson_kept with the batch, the events beside it and the vault rows of both, each
+    as one JSON document."""
+    if not vault and not beside:
+        return _append_statement(lesson_id, events, expected_seq, payloads, metadata)
     n = len(events)
     return _Q["append_lesson_kept"], {
         "lesson_id": lesson_id,
