@@ -38,7 +38,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands.errors import ErrorCode
-from commands.spendcap import spend_status
 from eventstore.store import StoredEvent
 from projections import checkpoints
 from web.client_ip import request_client_ip
@@ -169,7 +168,7 @@ async def metrics_endpoint(request: Request) -> Response:
     for p in await checkpoints.status(svc.pool):
         metrics.projection_lag_events.labels(projection=p.name).set(p.lag_events)
         metrics.projection_lag_seconds.labels(projection=p.name).set(p.lag_s)
-    spend = await spend_status(svc.pool, svc.settings.daily_cap_usd, svc.settings.over_quota_forced)
+    spend = await svc.spend.status()  # the process's running total, not a whole-day sum
     metrics.spend_today.set(float(spend.spent_usd))
     metrics.spend_cap.set(float(spend.cap_usd))
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
